@@ -1,0 +1,225 @@
+# -*- test-case-name: tests.test_admin -*-
+"""
+The admin API: issue, list, show and revoke router tokens.
+
+Every call needs C{Authorization: Bearer <admin key>}, compared in constant time. The
+request and response of C{POST /api/tokens} keep link-assistant-router's field names
+(C{ttl_hours}, C{label}, C{token}); the store keeps the token's id and metadata, never
+the token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import uuid
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from linkrouter.errors import APIError, write_error
+from linkrouter.store import RevocationCache, TokenRecord, TokenStore
+from linkrouter.tokens import TokenAuthority, isoformat
+
+DEFAULT_TTL_HOURS = 24
+MAX_TTL_HOURS = 10 * 366 * 24  # ten years; anything longer is a mistake
+MAX_LABEL_LENGTH = 200
+MAX_ADMIN_BODY = 64 * 1024
+
+
+def _bad(message: str) -> APIError:
+    return APIError(400, message, "invalid_request_error")
+
+
+@frozen
+class IssueRequest:
+    """A validated C{POST /api/tokens} body."""
+
+    ttl_hours: int
+    label: str
+
+    @classmethod
+    def parse(cls, raw: bytes) -> IssueRequest:
+        """
+        Validate a request body.
+
+        @raise APIError: 400 with the reason.
+        """
+        if not raw.strip():
+            data: Any = {}
+        else:
+            try:
+                data = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                raise _bad("The request body is not valid JSON.") from None
+        if not isinstance(data, dict):
+            raise _bad('The request body must be a JSON object, e.g. {"ttl_hours": 24}.')
+        unknown = sorted(set(data) - {"ttl_hours", "label"})
+        if unknown:
+            raise _bad(f"Unknown field(s): {', '.join(unknown)[:200]}. Known: ttl_hours, label.")
+        ttl = data.get("ttl_hours", DEFAULT_TTL_HOURS)
+        if isinstance(ttl, float) and ttl.is_integer():
+            ttl = int(ttl)
+        if not isinstance(ttl, int) or isinstance(ttl, bool):
+            raise _bad("ttl_hours must be a whole number of hours.")
+        if ttl <= 0:
+            raise _bad("ttl_hours must be at least 1.")
+        if ttl > MAX_TTL_HOURS:
+            raise _bad(f"ttl_hours must be at most {MAX_TTL_HOURS} (ten years).")
+        label = data.get("label", "")
+        if label is None:
+            label = ""
+        if not isinstance(label, str):
+            raise _bad("label must be a string.")
+        if len(label) > MAX_LABEL_LENGTH:
+            raise _bad(f"label must be at most {MAX_LABEL_LENGTH} characters.")
+        if any(ord(c) < 32 for c in label):
+            raise _bad("label must not contain control characters.")
+        return cls(ttl_hours=ttl, label=label)
+
+
+@frozen
+class TokenAdmin:
+    """The token lifecycle, shared by the admin API (and, through the store, the CLI)."""
+
+    authority: TokenAuthority
+    store: TokenStore
+    revocations: RevocationCache
+    clock: IReactorTime
+
+    async def issue(self, ask: IssueRequest) -> dict[str, Any]:
+        token, claims = self.authority.mint(ask.label, ask.ttl_hours * 3600)
+        record = TokenRecord(
+            id=claims.id,
+            label=claims.label,
+            created_at=claims.issued_at,
+            expires_at=claims.expires_at,
+        )
+        await self.store.insert(record)
+        return {
+            "token": token,
+            "id": claims.id,
+            "label": claims.label,
+            "ttl_hours": ask.ttl_hours,
+            "created_at": isoformat(claims.issued_at),
+            "expires_at": isoformat(claims.expires_at),
+        }
+
+    async def list(self) -> dict[str, Any]:
+        records = await self.store.list()
+        return {"tokens": [r.to_json() for r in records]}
+
+    async def show(self, token_id: str) -> dict[str, Any]:
+        record = await self.store.get(token_id)
+        if record is None:
+            raise _not_found(token_id)
+        return record.to_json()
+
+    async def revoke(self, token_id: str) -> dict[str, Any]:
+        record = await self.store.revoke(token_id, int(self.clock.seconds()))
+        if record is None:
+            raise _not_found(token_id)
+        self.revocations.add(token_id)
+        return record.to_json()
+
+
+def _not_found(token_id: str) -> APIError:
+    return APIError(404, f"No token with id {token_id}.", "not_found_error")
+
+
+def _token_id(segment: bytes) -> str:
+    try:
+        return str(uuid.UUID(segment.decode("ascii")))
+    except (ValueError, UnicodeDecodeError):
+        raise APIError(404, "Token ids are UUIDs; no such token.", "not_found_error") from None
+
+
+class AdminResource(Resource):
+    """C{/api/tokens} and C{/api/tokens/{id}}, behind the admin key."""
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, admin: TokenAdmin, admin_key: str, key_hint: str) -> None:
+        super().__init__()
+        self._admin = admin
+        self._key = admin_key.encode("utf-8")
+        self._hint = key_hint
+
+    def _authorized(self, request: IRequest) -> None:
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, presented = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(presented.strip(), self._key):
+            raise APIError(
+                401,
+                "The admin API needs 'Authorization: Bearer <admin key>'. The admin key is "
+                f"{self._hint}.",
+                "authentication_error",
+            )
+
+    def render(self, request: IRequest) -> int | bytes:
+        d = Deferred.fromCoroutine(self._dispatch(request))
+        finished = []
+        request.notifyFinish().addBoth(finished.append)
+
+        def answered(body: dict[str, Any]) -> None:
+            if finished:
+                return
+            payload = json.dumps(body).encode("utf-8")
+            request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+            request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
+            request.write(payload)
+            request.finish()
+
+        def failed(reason: Failure) -> None:
+            if finished:
+                return
+            if reason.check(APIError):
+                error = reason.value
+            else:
+                self._log.failure("Admin request {path} failed", reason, path=request.path)
+                error = APIError(500, "The token store failed; nothing was changed.")
+            write_error(request, error)
+
+        d.addCallbacks(answered, failed)
+        d.addErrback(lambda f: self._log.failure("Admin response failed", f))
+        return NOT_DONE_YET
+
+    async def _dispatch(self, request: IRequest) -> dict[str, Any]:
+        self._authorized(request)
+        segments = [s for s in request.postpath if s]
+        method = request.method
+        if not segments:
+            if method == b"POST":
+                raw = request.content.read(MAX_ADMIN_BODY + 1) if request.content else b""
+                if len(raw) > MAX_ADMIN_BODY:
+                    raise APIError(413, "Admin requests are small; this body is too large.")
+                return await self._admin.issue(IssueRequest.parse(raw))
+            if method == b"GET":
+                return await self._admin.list()
+            raise _not_allowed(request, b"GET, POST")
+        if len(segments) == 1:
+            token_id = _token_id(segments[0])
+            if method == b"GET":
+                return await self._admin.show(token_id)
+            if method == b"DELETE":
+                return await self._admin.revoke(token_id)
+            raise _not_allowed(request, b"GET, DELETE")
+        raise APIError(404, "No such admin route.", "not_found_error")
+
+
+def _not_allowed(request: IRequest, allowed: bytes) -> APIError:
+    request.responseHeaders.setRawHeaders(b"allow", [allowed])
+    return APIError(
+        405,
+        f"Method {request.method.decode('ascii', 'replace')} is not allowed here "
+        f"(allowed: {allowed.decode()}).",
+        "invalid_request_error",
+    )

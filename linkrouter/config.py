@@ -1,0 +1,312 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+Configuration: what the operator asked for (flags, then environment, then defaults),
+validated into one immutable L{Config}, and the state directory with its secrets.
+
+Everything here raises L{ConfigError}, which names the option at fault, so the daemon and
+the CLI can stop with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from attrs import field, frozen
+
+DIALECTS = ("anthropic", "bedrock", "vertex")
+#: The seed's alternative names for each dialect in UPSTREAM_API_FORMAT.
+DIALECT_ALIASES = {"messages": "anthropic", "invoke": "bedrock", "rawpredict": "vertex"}
+DEFAULT_UPSTREAM = "https://api.anthropic.com"
+DEFAULT_OAUTH_TOKEN_URL = "https://platform.claude.com/v1/oauth/token"  # noqa: S105
+DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
+DEFAULT_UPSTREAM_TIMEOUT = 600.0
+DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - the seed's default: a team router listens for the team
+DEFAULT_PORT = 8080
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+
+
+class ConfigError(Exception):
+    """Bad configuration; C{str()} is one line that names the option."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"{option}: {problem}")
+        self.option = option
+
+
+@frozen
+class Config:
+    """The validated configuration of one router (daemon or CLI)."""
+
+    listen: tuple[str, ...]
+    admin_listen: tuple[str, ...]
+    data_dir: Path
+    token_secret: str | None = field(repr=False)
+    token_secret_file: Path | None
+    admin_key: str | None = field(repr=False)
+    admin_key_file: Path | None
+    claude_code_homes: tuple[Path, ...]
+    oauth_token: str | None = field(repr=False)
+    upstream_api_key: str | None = field(repr=False)
+    upstream: str
+    oauth_token_url: str
+    api_formats: frozenset[str]
+    database: str
+    max_body_size: int
+    upstream_timeout: float
+    verbose: bool
+
+
+def _pick(raw: Mapping[str, object], env: Mapping[str, str], key: str, *names: str) -> str | None:
+    """The flag's value if given, else the first environment variable that is set."""
+    value = raw.get(key)
+    if value is not None:
+        return str(value)
+    for name in names:
+        if env.get(name):
+            return env[name]
+    return None
+
+
+def _many(raw: Mapping[str, object], env: Mapping[str, str], key: str, name: str) -> list[str]:
+    """A repeatable flag, else an environment list (separated by C{os.pathsep} or commas)."""
+    given = raw.get(key) or []
+    assert isinstance(given, list)
+    if given:
+        return [str(v) for v in given]
+    value = env.get(name, "")
+    sep = os.pathsep if key == "claude_code_homes" else ","
+    return [v.strip() for v in value.split(sep) if v.strip()]
+
+
+def parse_size(option: str, value: str) -> int:
+    """C{"33554432"}, C{"32MiB"}, C{"10MB"} or C{"512k"} as a number of bytes."""
+    match = _SIZE.match(value)
+    if not match:
+        raise ConfigError(option, f"{value!r} is not a size in bytes (e.g. 33554432 or 32MiB)")
+    number, unit = int(match.group(1)), (match.group(2) or "b").lower()
+    scale = {"k": 1024, "m": 1024**2, "g": 1024**3}.get(unit[0], 1)
+    if number * scale <= 0:
+        raise ConfigError(option, "must be greater than zero")
+    return number * scale
+
+
+def parse_bool(option: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(option, f"{value!r} is not a boolean (use 1/0, true/false)")
+
+
+def _url(option: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(option, f"{value!r} is not an http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise ConfigError(option, "the URL must not carry a query string or fragment")
+    return value.rstrip("/")
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    """C{$STATE_DIRECTORY} (systemd), else C{$XDG_STATE_HOME/linkrouter}, else ~/.local/state."""
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if env.get("XDG_STATE_HOME"):
+        return Path(env["XDG_STATE_HOME"]) / "linkrouter"
+    home = Path(env.get("HOME") or Path.home())
+    return home / ".local" / "state" / "linkrouter"
+
+
+def _default_listen(env: Mapping[str, str]) -> str:
+    host = env.get("ROUTER_HOST") or DEFAULT_HOST
+    port_text = env.get("ROUTER_PORT") or str(DEFAULT_PORT)
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError("ROUTER_PORT", f"{port_text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError("ROUTER_PORT", f"{port} is outside 0-65535")
+    if ":" in host:
+        host = host.replace(":", "\\:")
+    return f"tcp:port={port}:interface={host}:backlog=1024"
+
+
+def _database(option: str, value: str) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme == "sqlite":
+        if not value.startswith("sqlite:///") or len(value) <= len("sqlite:///"):
+            raise ConfigError(option, "use sqlite:///relative/path or sqlite:////absolute/path")
+        return value
+    if scheme in ("postgresql", "postgres"):
+        return value
+    raise ConfigError(option, f"unsupported database URL scheme {scheme!r} (sqlite, postgresql)")
+
+
+def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
+    """
+    Build a L{Config} from parsed flags (C{raw}, C{None} where not given) and C{env}.
+
+    Flags win over environment variables, which win over defaults.
+    """
+    data_dir_text = _pick(raw, env, "data_dir", "LINKROUTER_DATA_DIR")
+    data_dir = Path(data_dir_text).expanduser() if data_dir_text else default_data_dir(env)
+
+    listen = _many(raw, env, "listen", "LINKROUTER_LISTEN") or [_default_listen(env)]
+    admin_listen = _many(raw, env, "admin_listen", "LINKROUTER_ADMIN_LISTEN")
+
+    homes = _many(raw, env, "claude_code_homes", "CLAUDE_CODE_HOME") or ["~/.claude"]
+
+    upstream = _url("--upstream", _pick(raw, env, "upstream", "UPSTREAM_BASE_URL")
+                    or DEFAULT_UPSTREAM)
+    token_url = _url("--oauth-token-url", _pick(raw, env, "oauth_token_url", "OAUTH_TOKEN_URL")
+                     or DEFAULT_OAUTH_TOKEN_URL)
+
+    formats_text = _pick(raw, env, "api_format", "UPSTREAM_API_FORMAT") or ",".join(DIALECTS)
+    formats = frozenset(
+        DIALECT_ALIASES.get(f.strip().lower(), f.strip().lower())
+        for f in formats_text.split(",")
+        if f.strip()
+    )
+    unknown = sorted(formats - set(DIALECTS))
+    if unknown or not formats:
+        raise ConfigError(
+            "--api-format",
+            f"unknown dialect {', '.join(unknown) or '(none)'}; choose from {', '.join(DIALECTS)}",
+        )
+
+    database = _database(
+        "--database",
+        _pick(raw, env, "database", "DATABASE_URL")
+        or f"sqlite:///{data_dir / 'linkrouter.sqlite3'}",
+    )
+
+    size_text = _pick(raw, env, "max_body_size", "LINKROUTER_MAX_BODY_SIZE")
+    max_body = parse_size("--max-body-size", size_text) if size_text else DEFAULT_MAX_BODY_SIZE
+
+    timeout_text = _pick(raw, env, "upstream_timeout", "LINKROUTER_UPSTREAM_TIMEOUT")
+    try:
+        timeout = float(timeout_text) if timeout_text else DEFAULT_UPSTREAM_TIMEOUT
+    except ValueError:
+        raise ConfigError("--upstream-timeout", f"{timeout_text!r} is not a number") from None
+    if not timeout > 0:
+        raise ConfigError("--upstream-timeout", "must be greater than zero")
+
+    verbose = bool(raw.get("verbose")) or parse_bool("VERBOSE", env.get("VERBOSE", ""))
+
+    def path(value: str | None) -> Path | None:
+        return Path(value).expanduser() if value else None
+
+    return Config(
+        listen=tuple(listen),
+        admin_listen=tuple(admin_listen),
+        data_dir=data_dir,
+        token_secret=_pick(raw, env, "token_secret", "TOKEN_SECRET"),
+        token_secret_file=path(_pick(raw, env, "token_secret_file", "TOKEN_SECRET_FILE")),
+        admin_key=_pick(raw, env, "admin_key", "ADMIN_KEY"),
+        admin_key_file=path(_pick(raw, env, "admin_key_file", "ADMIN_KEY_FILE")),
+        claude_code_homes=tuple(Path(h).expanduser() for h in homes),
+        oauth_token=_pick(raw, env, "oauth_token", "CLAUDE_CODE_OAUTH_TOKEN"),
+        upstream_api_key=_pick(raw, env, "upstream_api_key", "UPSTREAM_API_KEY"),
+        upstream=upstream,
+        oauth_token_url=token_url,
+        api_formats=formats,
+        database=database,
+        max_body_size=max_body,
+        upstream_timeout=timeout,
+        verbose=verbose,
+    )
+
+
+@frozen
+class Secrets:
+    """The router's own secrets, and where each came from (a path or "command line")."""
+
+    token_secret: str = field(repr=False)
+    token_secret_source: str
+    admin_key: str = field(repr=False)
+    admin_key_source: str
+    generated: tuple[Path, ...] = ()
+
+
+def ensure_data_dir(config: Config) -> Path:
+    """Create the data directory (mode 0700) if it is missing."""
+    try:
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError("--data-dir", f"cannot create {config.data_dir}: {e.strerror}") from None
+    if not os.access(config.data_dir, os.W_OK | os.X_OK):
+        raise ConfigError("--data-dir", f"{config.data_dir} is not writable")
+    return config.data_dir
+
+
+def _read_secret(option: str, path: Path) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(option, f"cannot read {path}: {reason}") from None
+    if not value:
+        raise ConfigError(option, f"{path} is empty")
+    return value
+
+
+def _generate(path: Path, value: str) -> None:
+    """Write a new secret file with mode 0600, never replacing one that exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(value + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _secret(
+    option: str, value: str | None, file: Path | None, default: Path, make: str
+) -> tuple[str, str, bool]:
+    if value:
+        return value, f"{option} / environment", False
+    if file is not None:
+        return _read_secret(f"{option}-file", file), str(file), False
+    if default.exists():
+        return _read_secret(f"{option}-file", default), str(default), False
+    try:
+        _generate(default, make)
+    except FileExistsError:  # another process won the race: use its secret
+        return _read_secret(f"{option}-file", default), str(default), False
+    except OSError as e:
+        raise ConfigError(option, f"cannot create {default}: {e.strerror}") from None
+    return make, str(default), True
+
+
+def load_secrets(config: Config) -> Secrets:
+    """
+    The token secret and admin key: given values, then files, then the data directory's
+    own files, generated (0600) on first start.
+    """
+    data_dir = ensure_data_dir(config)
+    token_secret, token_source, token_new = _secret(
+        "--token-secret",
+        config.token_secret,
+        config.token_secret_file,
+        data_dir / "token-secret",
+        secrets.token_urlsafe(48),
+    )
+    admin_key, admin_source, admin_new = _secret(
+        "--admin-key",
+        config.admin_key,
+        config.admin_key_file,
+        data_dir / "admin-key",
+        "la_admin_" + secrets.token_urlsafe(32),
+    )
+    generated = tuple(
+        Path(p) for p, new in ((token_source, token_new), (admin_source, admin_new)) if new
+    )
+    return Secrets(token_secret, token_source, admin_key, admin_source, generated)

@@ -1,0 +1,229 @@
+# -*- test-case-name: tests.test_credentials -*-
+"""
+Where the upstream credential comes from.
+
+In order: an Anthropic API key (C{--upstream-api-key}), an OAuth token
+(C{--oauth-token} / C{CLAUDE_CODE_OAUTH_TOKEN}, e.g. from C{claude setup-token}), then each
+Claude Code home: C{.credentials.json} in Claude Code's own format
+(C{{"claudeAiOauth": {"accessToken", "refreshToken", "expiresAt"}}}) and then the flat files
+and fields link-assistant-router reads. Files are re-read when they change on disk, from a
+thread, at most once a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from attrs import define, field, frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from linkrouter.errors import APIError
+from linkrouter.tokens import isoformat
+
+T = TypeVar("T")
+RunInThread = Callable[[Callable[[], T]], "Deferred[T]"]
+
+#: The flat files link-assistant-router reads, in its order, after Claude Code's own file.
+FLAT_FILES = ("credentials.json", ".credentials.json", "auth.json", "oauth.json", "config.json")
+FLAT_FIELDS = ("accessToken", "access_token", "oauthToken", "oauth_token")
+CLAUDE_CODE_FILE = ".credentials.json"
+RECHECK_SECONDS = 1.0
+
+
+@frozen
+class Credential:
+    """
+    One upstream credential. C{secret} never appears in a repr, a log line or an error.
+
+    @ivar kind: C{"oauth"} (sent as C{Authorization: Bearer}) or C{"api_key"}
+        (sent as C{x-api-key}).
+    @ivar source: where it came from, for logs and messages.
+    @ivar expires_at: Unix seconds, when known.
+    """
+
+    kind: str
+    secret: str = field(repr=False)
+    source: str
+    expires_at: float | None = None
+    refresh_token: str | None = field(default=None, repr=False)
+
+    @property
+    def is_oauth(self) -> bool:
+        return self.kind == "oauth"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The header that carries this credential upstream."""
+        if self.is_oauth:
+            return [(b"authorization", b"Bearer " + self.secret.encode("latin-1"))]
+        return [(b"x-api-key", self.secret.encode("latin-1"))]
+
+    def describe(self) -> str:
+        what = "OAuth token" if self.is_oauth else "API key"
+        expiry = f", expires {isoformat(self.expires_at)}" if self.expires_at else ""
+        return f"{what} from {self.source}{expiry}"
+
+
+def credential_from_json(data: Any, source: str) -> Credential | None:
+    """
+    The credential in a parsed credentials file, or C{None}.
+
+    Claude Code's own layout (C{claudeAiOauth}) wins over the flat fields.
+    """
+    if not isinstance(data, dict):
+        return None
+    nested = data.get("claudeAiOauth") or data.get("claude_ai_oauth")
+    if isinstance(nested, dict):
+        token = nested.get("accessToken") or nested.get("access_token")
+        if isinstance(token, str) and token.strip():
+            expires = nested.get("expiresAt") or nested.get("expires_at")
+            refresh = nested.get("refreshToken") or nested.get("refresh_token")
+            return Credential(
+                kind="oauth",
+                secret=token.strip(),
+                source=source,
+                expires_at=expires / 1000.0 if isinstance(expires, (int, float)) else None,
+                refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+            )
+    for name in FLAT_FIELDS:
+        token = data.get(name)
+        if isinstance(token, str) and token.strip():
+            return Credential(kind="oauth", secret=token.strip(), source=source)
+    return None
+
+
+@frozen
+class _Seen:
+    signature: tuple[int, int, int]
+    credential: Credential | None
+
+
+@define
+class ClaudeHome:
+    """
+    One Claude Code home directory, watched for changes to its credential files.
+
+    @ivar run_in_thread: runs the blocking file work off the reactor thread.
+    """
+
+    directory: Path
+    clock: IReactorTime
+    run_in_thread: RunInThread[Credential | None]
+    _seen: dict[Path, _Seen] = field(factory=dict)
+    _checked_at: float | None = None
+    _current: Credential | None = None
+    _waiters: list[Deferred[Credential | None]] = field(factory=list)
+    _log = Logger()
+
+    def candidates(self) -> list[Path]:
+        """The files looked at, in order (Claude Code's own file is read in both forms)."""
+        names = [CLAUDE_CODE_FILE] + [n for n in FLAT_FILES if n != CLAUDE_CODE_FILE]
+        return [self.directory / n for n in names]
+
+    async def credential(self) -> Credential | None:
+        """The directory's credential, re-read if a file changed (checked once a second)."""
+        now = self.clock.seconds()
+        if self._checked_at is not None and now - self._checked_at < RECHECK_SECONDS:
+            return self._current
+        waiter: Deferred[Credential | None] = Deferred()
+        self._waiters.append(waiter)
+        if len(self._waiters) == 1:  # one scan at a time; later callers share it
+            self.run_in_thread(self._read).addBoth(self._scanned)
+        return await waiter
+
+    def _scanned(self, result: Credential | None | Failure) -> None:
+        waiters, self._waiters = self._waiters, []
+        if not isinstance(result, Failure):
+            self._checked_at = self.clock.seconds()
+            if result != self._current:
+                self._announce(result)
+            self._current = result
+        for waiter in waiters:
+            waiter.callback(result)
+
+    def _announce(self, credential: Credential | None) -> None:
+        if credential is None:
+            self._log.warn("No upstream credential in {directory}", directory=str(self.directory))
+        else:
+            self._log.info("Upstream credential: {what}", what=credential.describe())
+
+    def _read(self) -> Credential | None:
+        """Blocking: stat each candidate, re-parse those that changed, return the first hit."""
+        for path in self.candidates():
+            try:
+                st = path.stat()
+            except OSError:
+                self._seen.pop(path, None)
+                continue
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+            seen = self._seen.get(path)
+            if seen is None or seen.signature != signature:
+                seen = _Seen(signature, self._parse(path))
+                self._seen[path] = seen
+            if seen.credential is not None:
+                return seen.credential
+        return None
+
+    def _parse(self, path: Path) -> Credential | None:
+        try:
+            data = json.loads(path.read_bytes())
+        except OSError as e:
+            self._log.warn("Cannot read {path}: {reason}", path=str(path), reason=e.strerror)
+            return None
+        except ValueError:
+            self._log.warn("{path} is not valid JSON; skipping it", path=str(path))
+            return None
+        return credential_from_json(data, str(path))
+
+
+class NoCredential(APIError):
+    """No upstream credential anywhere; the message lists where the router looked."""
+
+
+@define
+class CredentialChain:
+    """The upstream credential, from the first source in order that has one."""
+
+    api_key: str | None = field(repr=False)
+    oauth_token: str | None = field(repr=False)
+    homes: list[ClaudeHome]
+
+    async def current(self) -> Credential:
+        """
+        The credential to use now.
+
+        @raise NoCredential: (502) when no source has one.
+        """
+        if self.api_key:
+            return Credential("api_key", self.api_key, "--upstream-api-key")
+        if self.oauth_token:
+            return Credential("oauth", self.oauth_token, "--oauth-token")
+        for home in self.homes:
+            found = await home.credential()
+            if found is not None:
+                return found
+        raise NoCredential(502, self.missing_message(), "api_error")
+
+    def missing_message(self) -> str:
+        places = ", ".join(str(h.directory / CLAUDE_CODE_FILE) for h in self.homes) or "(none)"
+        return (
+            "linkrouter has no upstream Claude credential. It looked at --upstream-api-key "
+            "(UPSTREAM_API_KEY), --oauth-token (CLAUDE_CODE_OAUTH_TOKEN) and the Claude Code "
+            f"homes {places} (and {', '.join(FLAT_FILES)} beside them). Fix: run `claude` "
+            "and `/login` as the user the router runs as (or point --claude-code-home at that "
+            "login's directory), or set CLAUDE_CODE_OAUTH_TOKEN from `claude setup-token`."
+        )
+
+
+def claude_homes(
+    directories: list[Path] | tuple[Path, ...],
+    clock: IReactorTime,
+    run_in_thread: RunInThread[Credential | None],
+) -> list[ClaudeHome]:
+    return [ClaudeHome(Path(os.path.expanduser(d)), clock, run_in_thread) for d in directories]

@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.test_errors -*-
+"""
+Errors in the shape the Anthropic API uses, so every client SDK can parse them.
+
+    {"type": "error", "error": {"type": "authentication_error", "message": "..."}}
+
+Messages are written for the person reading them: they say what is wrong and how to fix
+it, and they never echo a secret.
+"""
+
+from __future__ import annotations
+
+import json
+
+from attrs import frozen
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+
+#: The Anthropic error type that goes with each status the router itself produces.
+ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "api_error",
+    529: "overloaded_error",
+}
+
+
+@frozen
+class APIError(Exception):
+    """
+    A failure the router reports to its client in Anthropic's error shape.
+
+    Raised anywhere below the resources; the resource that catches it renders it.
+    """
+
+    status: int
+    message: str
+    type: str = ""
+
+    @property
+    def error_type(self) -> str:
+        return self.type or ERROR_TYPES.get(self.status, "api_error")
+
+    def body(self) -> bytes:
+        return error_body(self.error_type, self.message)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.error_type}: {self.message}"
+
+
+def error_body(error_type: str, message: str) -> bytes:
+    """The JSON bytes of an Anthropic-shaped error."""
+    return json.dumps(
+        {"type": "error", "error": {"type": error_type, "message": message}}
+    ).encode("utf-8")
+
+
+def write_error(request: IRequest, error: APIError) -> None:
+    """
+    Answer C{request} with C{error} and finish it, unless the response has already
+    started (then the status line is gone and the caller must abort instead).
+    """
+    if request.startedWriting:
+        return
+    request.setResponseCode(error.status)
+    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    body = error.body()
+    request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
+    if request.method != b"HEAD":
+        request.write(body)
+    request.finish()
+
+
+class ErrorResource(Resource):
+    """A leaf that answers every method with one Anthropic-shaped error."""
+
+    isLeaf = True
+
+    def __init__(self, error: APIError) -> None:
+        super().__init__()
+        self.error = error
+
+    def render(self, request: IRequest) -> bytes:
+        request.setResponseCode(self.error.status)
+        request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+        return self.error.body()

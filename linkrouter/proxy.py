@@ -1,0 +1,421 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The proxy: authenticate, swap the credential, stream the request up and the answer down.
+
+The request body (already spooled by twisted.web, to disk when large) goes upstream
+through a L{FileBodyProducer}; the answer comes back through L{treq.collect} into
+C{request.write}, one chunk at a time, with the upstream connection registered as the
+client connection's producer so a slow client slows the upstream read instead of filling
+memory. A client that goes away cancels the upstream request or closes its connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import treq
+from attrs import define, frozen
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.task import Cooperator
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import FileBodyProducer
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer, IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from linkrouter.access import AccessNote, log_access, note
+from linkrouter.credentials import Credential
+from linkrouter.errors import APIError, write_error
+from linkrouter.metering import UsageMeter
+from linkrouter.tokens import Gatekeeper, TokenClaims
+
+OAUTH_BETA = b"oauth-2025-04-20"
+DEFAULT_ANTHROPIC_VERSION = b"2023-06-01"
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+#: Request headers that never go upstream: the client's credential, transport framing,
+#: cookies, and who the client is (the upstream needs none of it).
+NOT_UPSTREAM = HOP_BY_HOP | {
+    b"authorization",
+    b"x-api-key",
+    b"host",
+    b"content-length",
+    b"accept-encoding",
+    b"expect",
+    b"cookie",
+    b"cookie2",
+    b"forwarded",
+    b"via",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"x-forwarded-port",
+    b"x-real-ip",
+    b"anthropic-beta",  # merged separately
+}
+
+#: Response headers not relayed: framing (twisted.web re-frames the body) and cookies
+#: (no cookie ever goes upstream, so one set by the upstream is of no use to a client).
+NOT_DOWNSTREAM = HOP_BY_HOP | {b"content-length", b"set-cookie", b"set-cookie2"}
+
+
+def _connection_listed(headers: Headers) -> set[bytes]:
+    """Header names a C{Connection} header declares hop-by-hop."""
+    listed: set[bytes] = set()
+    for value in headers.getRawHeaders(b"connection", []):
+        listed.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return listed
+
+
+def merge_betas(values: list[bytes], extra: bytes | None = None) -> list[bytes]:
+    """Every beta named in C{values} (comma-separated, possibly repeated) once, in order."""
+    seen: list[bytes] = []
+    for value in values:
+        for beta in value.split(b","):
+            beta = beta.strip()
+            if beta and beta not in seen:
+                seen.append(beta)
+    if extra is not None and extra not in seen:
+        seen.append(extra)
+    return seen
+
+
+def upstream_headers(
+    client: Headers, credential: Credential, betas: list[bytes] | None = None
+) -> Headers:
+    """
+    The headers to send upstream for a client request.
+
+    Keeps every end-to-end header except the client's credential and identity, merges
+    C{anthropic-beta} (adding the OAuth beta for OAuth credentials, each value once), sets
+    C{anthropic-version} when the client sent none, and adds the upstream credential.
+    """
+    drop = NOT_UPSTREAM | _connection_listed(client)
+    out = Headers()
+    for name, values in client.getAllRawHeaders():
+        if name.lower() not in drop:
+            out.setRawHeaders(name, list(values))
+    merged = merge_betas(
+        client.getRawHeaders(b"anthropic-beta", []) + (betas or []),
+        OAUTH_BETA if credential.is_oauth else None,
+    )
+    if merged:
+        out.setRawHeaders(b"anthropic-beta", [b",".join(merged)])
+    if not out.hasHeader(b"anthropic-version"):
+        out.setRawHeaders(b"anthropic-version", [DEFAULT_ANTHROPIC_VERSION])
+    for name, value in credential.headers():
+        out.setRawHeaders(name, [value])
+    return out
+
+
+def downstream_headers(upstream: Headers, into: Headers) -> None:
+    """Copy an upstream response's end-to-end headers onto the client response."""
+    drop = NOT_DOWNSTREAM | _connection_listed(upstream)
+    for name, values in upstream.getAllRawHeaders():
+        if name.lower() not in drop:
+            into.setRawHeaders(name, list(values))
+
+
+class CredentialSource(Protocol):
+    async def current(self) -> Credential: ...
+
+
+class UsageSink(Protocol):
+    def record(
+        self, claims: TokenClaims, input_tokens: int = 0, output_tokens: int = 0,
+        requests: int = 1,
+    ) -> None: ...
+
+
+@frozen
+class Upstream:
+    """
+    Where requests go and how.
+
+    @ivar client: a treq client over a persistent connection pool, with a cookie jar that
+        keeps nothing (one user's cookies must never reach another's request).
+    @ivar base_url: e.g. C{https://api.anthropic.com} (no trailing slash).
+    @ivar timeout: seconds to wait for the response headers.
+    """
+
+    client: HTTPClient
+    base_url: str
+    reactor: IReactorTime
+    cooperator: Cooperator
+    timeout: float
+
+
+@define
+class _Exchange:
+    """The state of one proxied request."""
+
+    request: IRequest
+    claims: TokenClaims
+    note: AccessNote
+    gone: bool = False
+    timed_out: bool = False
+    pending: Deferred[Any] | None = None
+    producer: IPushProducer | None = None
+    event_boundary: bool = True
+
+
+class _Paced:
+    """
+    An L{IResponse} whose body transport becomes the client connection's producer.
+
+    L{treq.collect} hands its protocol to C{deliverBody}, which connects it to the
+    upstream connection's L{IPushProducer}; registering that with the client request lets
+    twisted.web pause the upstream read while the client is slow.
+    """
+
+    def __init__(self, response: Any, exchange: _Exchange) -> None:
+        self._response = response
+        self._exchange = exchange
+
+    def deliverBody(self, protocol: Any) -> None:  # noqa: N802 - IResponse
+        self._response.deliverBody(protocol)
+        producer = getattr(protocol, "transport", None)
+        if producer is not None and not self._exchange.gone:
+            self._exchange.producer = producer
+            self._exchange.request.registerProducer(producer, True)
+
+
+def body_producer(request: IRequest, cooperator: Cooperator) -> IBodyProducer | None:
+    """The spooled request body as a producer (C{None} when there is none)."""
+    content = request.content
+    if content is None:
+        return None
+    content.seek(0, 2)
+    if content.tell() == 0:
+        return None
+    content.seek(0)
+    return FileBodyProducer(content, cooperator=cooperator)
+
+
+@define
+class MessagesProxy:
+    """
+    Forwards Anthropic Messages API requests (C{/v1/...}) upstream unchanged.
+
+    @ivar strip_prefix: removed from the start of the client's path (the legacy
+        C{/api/latest/anthropic} mount); the rest, query string included, is the
+        upstream path.
+    """
+
+    credentials: CredentialSource
+    upstream: Upstream
+    usage: UsageSink
+    strip_prefix: bytes = b""
+    verbose: bool = False
+    _log = Logger()
+
+    def serve(self, request: IRequest, claims: TokenClaims) -> int:
+        exchange = _Exchange(request, claims, note(request))
+        d = Deferred.fromCoroutine(self._exchange(exchange))
+
+        def gone(reason: Failure) -> None:
+            exchange.gone = True
+            log_access(request, self.verbose, status="client-gone")
+            if exchange.producer is not None:
+                exchange.producer.stopProducing()
+            if exchange.pending is not None:
+                exchange.pending.cancel()
+            d.cancel()
+
+        request.notifyFinish().addErrback(gone)
+
+        def failed(reason: Failure) -> None:
+            if exchange.gone:
+                return
+            if reason.check(APIError):
+                error = reason.value
+            else:
+                self._log.failure("Proxying {path} failed", reason, path=request.path)
+                error = APIError(502, "linkrouter failed while relaying the upstream answer.")
+            self._fail(exchange, error)
+
+        d.addErrback(failed).addErrback(
+            lambda f: self._log.failure("Error while reporting an error", f)
+        )
+        return NOT_DONE_YET
+
+    def upstream_url(self, request: IRequest) -> str:
+        uri: bytes = request.uri
+        if self.strip_prefix and uri.startswith(self.strip_prefix):
+            uri = uri[len(self.strip_prefix) :]
+        if not uri.startswith(b"/"):
+            uri = b"/" + uri
+        return self.upstream.base_url + uri.decode("ascii", "replace")
+
+    async def _exchange(self, exchange: _Exchange) -> None:
+        request = exchange.request
+        credential = await self.credentials.current()
+        exchange.note.credential_source = credential.source
+        if exchange.gone:
+            return
+        url = self.upstream_url(request)
+        headers = upstream_headers(request.requestHeaders, credential)
+        response = await self._send(exchange, request.method, url, headers,
+                                    body_producer(request, self.upstream.cooperator))
+        if exchange.gone:
+            return
+        await self._relay(exchange, response)
+
+    async def _send(
+        self, exchange: _Exchange, method: bytes, url: str, headers: Headers,
+        body: IBodyProducer | None,
+    ) -> Any:
+        """Send the request upstream; turn failures into 502 and 504 answers."""
+        timer: IDelayedCall | None = None
+        d = self.upstream.client.request(
+            method.decode("ascii"),
+            url,
+            headers=headers,
+            data=body,
+            unbuffered=True,
+            allow_redirects=False,
+        )
+        exchange.pending = d
+
+        def time_out() -> None:
+            exchange.timed_out = True
+            d.cancel()
+
+        timer = self.upstream.reactor.callLater(self.upstream.timeout, time_out)
+        try:
+            return await d
+        except Exception as e:
+            if exchange.gone:
+                raise
+            if exchange.timed_out:
+                raise APIError(
+                    504,
+                    f"The upstream did not answer within {self.upstream.timeout:g} seconds "
+                    "(--upstream-timeout).",
+                ) from None
+            raise APIError(
+                502,
+                f"The upstream {self.upstream.base_url} could not be reached: {_why(e)}.",
+            ) from None
+        finally:
+            exchange.pending = None
+            if timer.active():
+                timer.cancel()
+
+    async def _relay(self, exchange: _Exchange, response: Any) -> None:
+        request = exchange.request
+        exchange.note.upstream_status = response.code
+        request.setResponseCode(response.code, response.phrase or None)
+        downstream_headers(response.headers, request.responseHeaders)
+        content_type = (response.headers.getRawHeaders(b"content-type") or [None])[0]
+        meter = UsageMeter.for_content_type(content_type)
+
+        def write(data: bytes) -> None:
+            if exchange.gone:
+                raise ConnectionError("client went away")
+            request.write(data)
+            exchange.note.sent_bytes += len(data)
+            exchange.event_boundary = data.endswith(b"\n\n")
+            meter.feed(data)
+
+        try:
+            await treq.collect(_Paced(response, exchange), write)
+        except Exception as e:
+            if exchange.gone:
+                return
+            self._unregister(exchange)
+            self._broken_stream(exchange, meter.streaming, e)
+            return
+        self._unregister(exchange)
+        meter.close()
+        if 200 <= response.code < 300:
+            self.usage.record(exchange.claims, meter.input_tokens, meter.output_tokens)
+        else:
+            self.usage.record(exchange.claims)
+        request.finish()
+
+    def _unregister(self, exchange: _Exchange) -> None:
+        if exchange.producer is not None:
+            exchange.producer = None
+            exchange.request.unregisterProducer()
+
+    def _broken_stream(self, exchange: _Exchange, streaming: bool, e: Exception) -> None:
+        """The upstream failed mid-answer: tell the client as well as its format allows."""
+        self._log.warn(
+            "Upstream answer to {path} broke off after {n} bytes: {why}",
+            path=exchange.request.path, n=exchange.note.sent_bytes, why=_why(e),
+        )
+        request = exchange.request
+        if streaming and exchange.event_boundary:
+            error = APIError(502, f"The upstream connection broke mid-stream: {_why(e)}.")
+            request.write(b"event: error\ndata: " + error.body() + b"\n\n")
+            request.finish()
+        else:
+            # Closing without the final chunk tells the client the body is incomplete.
+            request.loseConnection()
+
+    def _fail(self, exchange: _Exchange, error: APIError) -> None:
+        request = exchange.request
+        if request.startedWriting:
+            request.loseConnection()
+            return
+        if error.status >= 500:
+            self._log.warn("{path}: {error}", path=request.path, error=str(error))
+        write_error(request, error)
+
+
+def _why(e: BaseException) -> str:
+    """A short, secret-free reason for a connection failure."""
+    reasons = getattr(e, "reasons", None)
+    if reasons:
+        inner = reasons[0].value if isinstance(reasons[0], Failure) else reasons[0]
+        return _why(inner)
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:200]
+
+
+class Server(Protocol):
+    def serve(self, request: IRequest, claims: TokenClaims) -> int | bytes: ...
+
+
+class TokenGate(Resource):
+    """
+    Lets a request through to C{inner} only with a valid, unrevoked router token.
+
+    A leaf: C{inner} reads the path from the request itself.
+    """
+
+    isLeaf = True
+
+    def __init__(self, gatekeeper: Gatekeeper, inner: Server) -> None:
+        super().__init__()
+        self._gatekeeper = gatekeeper
+        self._inner = inner
+
+    def render(self, request: IRequest) -> int | bytes:
+        try:
+            claims = self._gatekeeper.admit(request)
+        except APIError as error:
+            request.setResponseCode(error.status)
+            request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+            return error.body()
+        note(request).token_id = claims.id
+        return self._inner.serve(request, claims)

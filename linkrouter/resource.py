@@ -1,0 +1,278 @@
+# -*- test-case-name: tests.test_resource -*-
+"""
+The resource tree and the site that serves it.
+
+    /health                         200 ok, no auth
+    HEAD /, HEAD /api/hello         Claude Code's start-up probes, no auth
+    /v1/...                         Messages dialect (token gate -> proxy)
+    /api/latest/anthropic/...       the same, legacy prefix stripped
+    /api/tokens[/{id}]              admin API (unless it has listeners of its own)
+    /model/..., /inference-profiles, .../projects/...   Bedrock and Vertex dialects
+
+The site's requests refuse an oversized body from its C{Content-Length} before reading
+it, and stop reading a chunked body once it passes the limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web import http, server
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+
+from linkrouter.access import log_access, note
+from linkrouter.config import DEFAULT_MAX_BODY_SIZE
+from linkrouter.errors import APIError, ErrorResource, error_body
+
+#: Seconds a refused upload may keep sending (discarded) before the connection is cut.
+LINGER_SECONDS = 10.0
+
+
+class PlainText(Resource):
+    """A fixed plain-text answer to GET and HEAD, without auth."""
+
+    isLeaf = True
+
+    def __init__(self, text: bytes) -> None:
+        super().__init__()
+        self._text = text
+
+    def render(self, request: IRequest) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            return _method_not_allowed(request, b"GET, HEAD")
+        request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
+        return self._text
+
+
+def _method_not_allowed(request: IRequest, allowed: bytes) -> bytes:
+    request.setResponseCode(405)
+    request.responseHeaders.setRawHeaders(b"allow", [allowed])
+    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    method = request.method.decode("ascii", "replace")
+    return error_body("invalid_request_error", f"Method {method} is not allowed here.")
+
+
+class Branch(Resource):
+    """
+    A node whose static children are tried first; any other path goes to C{default}.
+    Itself it answers with C{own} (a 404 unless given).
+    """
+
+    def __init__(self, default: IResource, own: IResource | None = None) -> None:
+        super().__init__()
+        self._default = default
+        self._own = own or not_found()
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:  # noqa: N802
+        return self._default
+
+    def render(self, request: IRequest) -> bytes:
+        return self._own.render(request)
+
+
+class Root(Resource):
+    """The root: HEAD / answers for Claude Code's probe; unknown paths get a JSON 404."""
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:  # noqa: N802
+        return not_found()
+
+    def render(self, request: IRequest) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            return _method_not_allowed(request, b"GET, HEAD")
+        request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
+        return b"linkrouter: send Anthropic API requests to /v1/ with a router token\n"
+
+
+def not_found(message: str = "No such route on this router.") -> ErrorResource:
+    return ErrorResource(APIError(404, message, "not_found_error"))
+
+
+def not_served(dialect: str) -> ErrorResource:
+    return ErrorResource(
+        APIError(
+            403,
+            f"This router does not serve the {dialect} dialect (--api-format).",
+            "permission_error",
+        )
+    )
+
+
+def build_tree(
+    messages: IResource,
+    legacy_messages: IResource,
+    admin: IResource | None,
+    api_formats: frozenset[str],
+    bedrock: IResource | None = None,
+    vertex: IResource | None = None,
+) -> Resource:
+    """
+    Assemble the client-facing tree.
+
+    @param messages: serves C{/v1/...} (already behind the token gate).
+    @param legacy_messages: serves C{/api/latest/anthropic/...}.
+    @param admin: the admin API, or C{None} when it has listeners of its own.
+    @param bedrock: serves Bedrock paths, or C{None} (not available yet: 404).
+    @param vertex: serves Vertex paths, or C{None} (not available yet: 404).
+    """
+    def dialect(name: str, served: IResource | None, label: str) -> IResource:
+        if name not in api_formats:
+            return not_served(label)
+        return served or not_found(f"The {label} dialect is not available in this version.")
+
+    root = Root()
+    root.putChild(b"health", PlainText(b"ok"))
+
+    anthropic_v1 = dialect("anthropic", messages, "Anthropic Messages")
+    anthropic_legacy = dialect("anthropic", legacy_messages, "Anthropic Messages")
+    vertex_resource = dialect("vertex", vertex, "Vertex")
+    bedrock_resource = dialect("bedrock", bedrock, "Bedrock")
+
+    v1 = Branch(anthropic_v1)
+    v1.putChild(b"projects", vertex_resource)
+    root.putChild(b"v1", v1)
+    root.putChild(b"projects", vertex_resource)
+    root.putChild(b"model", bedrock_resource)
+    root.putChild(b"inference-profiles", bedrock_resource)
+
+    api = Resource()
+    latest = Resource()
+    latest.putChild(b"anthropic", Branch(anthropic_legacy))
+    api.putChild(b"latest", latest)
+    api.putChild(b"hello", PlainText(b""))
+    if admin is not None:
+        api.putChild(b"tokens", admin)
+    root.putChild(b"api", api)
+    return root
+
+
+def admin_tree(admin: IResource) -> Resource:
+    """The tree served on C{--admin-listen} endpoints: the admin API and /health only."""
+    root = Root()
+    root.putChild(b"health", PlainText(b"ok"))
+    api = Resource()
+    api.putChild(b"tokens", admin)
+    root.putChild(b"api", api)
+    return root
+
+
+class _Discard:
+    """A request body sink for a body that will not be used."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def seek(self, *args: Any) -> int:
+        return 0
+
+    def read(self, *args: Any) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class RouterRequest(server.Request):
+    """
+    A request that enforces the site's body-size limit while the body arrives.
+
+    Over HTTP/1.1 an oversized body is answered with 413 as soon as its size is known,
+    then discarded as it keeps coming (a client still sending would otherwise see a reset
+    instead of the answer) until the client stops or L{LINGER_SECONDS} pass.
+    """
+
+    _received = 0
+    _too_large = False
+    _answered = False
+
+    @property
+    def _limit(self) -> int:
+        site = getattr(self.channel, "site", None)
+        return getattr(site, "max_body_size", DEFAULT_MAX_BODY_SIZE)
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802 - twisted.web API
+        note(self)
+        if length is not None and length > self._limit:
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
+        if self._too_large:
+            return
+        self._received += len(data)
+        if self._received > self._limit:
+            self.content.close()
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _error(self) -> APIError:
+        return APIError(
+            413,
+            f"The request body is larger than this router accepts ({self._limit} bytes, "
+            "--max-body-size).",
+            "request_too_large",
+        )
+
+    def _refuse(self) -> None:
+        self._too_large = True
+        self.content = _Discard()
+        # No "100 Continue" for a body we will not read.
+        self.requestHeaders.removeHeader(b"expect")
+        if not isinstance(self.channel, http.HTTPChannel) or self.channel.transport is None:
+            return  # HTTP/2: answered from process() once the stream ends
+        self._answered = True
+        self.method = getattr(self.channel, "_command", b"-")
+        self.path = getattr(self.channel, "_path", b"-").split(b"?")[0]
+        self.code = 413
+        log_access(self, getattr(getattr(self.channel, "site", None), "verbose", False))
+        error = self._error()
+        body = error.body()
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n" + body
+        )
+        try:
+            transport.loseWriteConnection()
+        except (AttributeError, NotImplementedError):
+            transport.loseConnection()
+            return
+        abort = self.channel.callLater(LINGER_SECONDS, transport.abortConnection)
+        self.notifyFinish().addBoth(lambda _: abort.cancel() if abort.active() else None)
+
+    def process(self) -> None:
+        if self._answered:
+            return  # already answered; the connection is closing
+        if self._too_large:
+            self.setResponseCode(413)
+            self.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+            self.write(error_body("request_too_large", self._error().message))
+            self.finish()
+            return
+        note(self)
+        super().process()
+
+
+class RouterSite(server.Site):
+    """The site: our request class, no form parsing, no tracebacks, our access log."""
+
+    displayTracebacks = False
+
+    def __init__(
+        self, resource: IResource, *, reactor: Any = None,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE, verbose: bool = False,
+    ) -> None:
+        super().__init__(
+            resource, requestFactory=RouterRequest, parsePOSTFormSubmission=False,
+            reactor=reactor,
+        )
+        self.max_body_size = max_body_size
+        self.verbose = verbose
+
+    def log(self, request: IRequest) -> None:
+        log_access(request, self.verbose)

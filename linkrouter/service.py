@@ -1,0 +1,209 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+Builds the router once: store, token authority, credentials, HTTP client, resources and
+listeners, as one L{MultiService}.
+
+Start-up work that may fail on bad configuration (data directory, secrets, opening and
+migrating the store, parsing listen endpoints) happens here, before the reactor runs, and
+raises L{ConfigError} naming the option.
+"""
+
+from __future__ import annotations
+
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
+
+from attrs import frozen
+from treq.client import HTTPClient
+from twisted.application import strports
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Cooperator
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import IResource
+
+from linkrouter.admin import AdminResource, TokenAdmin
+from linkrouter.config import Config, ConfigError, Secrets, load_secrets
+from linkrouter.credentials import CredentialChain, claude_homes
+from linkrouter.proxy import MessagesProxy, TokenGate, Upstream
+from linkrouter.resource import RouterSite, admin_tree, build_tree
+from linkrouter.store import (
+    Database,
+    RevocationCache,
+    StoreError,
+    TokenStore,
+    UsageRecorder,
+    prepare,
+    redact_url,
+)
+from linkrouter.tokens import Gatekeeper, TokenAuthority
+
+_log = Logger(namespace="linkrouter")
+
+#: How often revocations made elsewhere (CLI, other instances) are picked up, and usage
+#: counters written.
+POLL_SECONDS = 1.0
+CONNECT_TIMEOUT = 10.0
+
+
+def http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
+    """
+    A treq client for upstream calls: persistent pooled connections, and a cookie jar
+    that accepts no cookie, so nothing one user's request provokes reaches another's.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 128
+    pool.cachedConnectionTimeout = 120
+    agent = Agent(reactor, pool=pool, connectTimeout=CONNECT_TIMEOUT)
+    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return HTTPClient(agent, cookiejar=jar), pool
+
+
+@frozen
+class Router:
+    """The collaborators of one running router, built once and shared by its resources."""
+
+    config: Config
+    secrets: Secrets
+    store: TokenStore
+    revocations: RevocationCache
+    usage: UsageRecorder
+    gatekeeper: Gatekeeper
+    credentials: CredentialChain
+    upstream: Upstream
+    admin: TokenAdmin
+
+    def resources(self) -> tuple[IResource, IResource | None]:
+        """The client tree, and the admin tree when the admin API has its own listeners."""
+        config = self.config
+
+        def proxy(strip: bytes) -> IResource:
+            return TokenGate(
+                self.gatekeeper,
+                MessagesProxy(self.credentials, self.upstream, self.usage, strip, config.verbose),
+            )
+
+        hint = (
+            "in " + self.secrets.admin_key_source
+            if not self.secrets.admin_key_source.startswith("--")
+            else "set by --admin-key"
+        )
+        admin = AdminResource(self.admin, self.secrets.admin_key, hint)
+        separate = bool(config.admin_listen)
+        tree = build_tree(
+            proxy(b""), proxy(b"/api/latest/anthropic"), None if separate else admin,
+            config.api_formats,
+        )
+        return tree, admin_tree(admin) if separate else None
+
+
+class _StoreService(Service):
+    """Owns the database pool: closes it last, after a final usage flush."""
+
+    def __init__(self, pool: adbapi.ConnectionPool, usage: UsageRecorder) -> None:
+        self._pool = pool
+        self._usage = usage
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802 - twisted API
+        super().stopService()
+        d = Deferred.fromCoroutine(self._usage.flush())
+        d.addBoth(lambda _: self._pool.close())
+        return d
+
+
+class _PoolService(Service):
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self._pool = pool
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802
+        super().stopService()
+        return self._pool.closeCachedConnections()
+
+
+def build_router(config: Config, reactor: Any) -> tuple[Router, adbapi.ConnectionPool,
+                                                       HTTPConnectionPool]:
+    """Everything but the listeners. Blocking: call before the reactor runs."""
+    secrets = load_secrets(config)
+    for path in secrets.generated:
+        _log.info("Generated a new secret file (mode 0600): {path}", path=str(path))
+    _log.info("Token secret from {source}; admin key from {admin}",
+              source=secrets.token_secret_source, admin=secrets.admin_key_source)
+
+    database = Database(config.database)
+    try:
+        before, revoked = prepare(database)
+    except StoreError as e:
+        raise ConfigError("--database", str(e)) from None
+    _log.info("Token store {url} (schema version {before} -> current)",
+              url=redact_url(config.database), before=before)
+    pool = database.pool(reactor)
+    store = TokenStore(database.queries(), pool.runInteraction)
+    revocations = RevocationCache(store, revoked)
+    usage = UsageRecorder(store, reactor)
+    authority = TokenAuthority(secrets.token_secret.encode("utf-8"), reactor)
+    gatekeeper = Gatekeeper(authority, revocations.__contains__)
+    credentials = CredentialChain(
+        config.upstream_api_key,
+        config.oauth_token,
+        claude_homes(config.claude_code_homes, reactor, deferToThread),
+    )
+    client, http_pool = http_client(reactor)
+    upstream = Upstream(
+        client, config.upstream, reactor, Cooperator(scheduler=_scheduler(reactor)),
+        config.upstream_timeout,
+    )
+    admin = TokenAdmin(authority, store, revocations, reactor)
+    router = Router(config, secrets, store, revocations, usage, gatekeeper, credentials,
+                    upstream, admin)
+    return router, pool, http_pool
+
+
+def _scheduler(reactor: Any) -> Any:
+    return lambda work: reactor.callLater(0, work)
+
+
+def _listen(parent: MultiService, descriptions: tuple[str, ...], site: RouterSite,
+            reactor: Any, option: str) -> None:
+    for description in descriptions:
+        try:
+            listener = strports.service(description, site, reactor=reactor)
+        except Exception as e:  # noqa: BLE001 - endpoint parsers raise many types
+            raise ConfigError(option, f"{description!r} is not a usable endpoint: {e}") from None
+        listener.setServiceParent(parent)
+
+
+def makeService(config: Config, reactor: Any = None) -> MultiService:  # noqa: N802
+    """The router as a service: store, pollers and listeners."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    router, pool, http_pool = build_router(config, reactor)
+    parent = MultiService()
+    # Children stop in reverse order: listeners first, the store last.
+    _StoreService(pool, router.usage).setServiceParent(parent)
+    _PoolService(http_pool).setServiceParent(parent)
+    revocation_poll = TimerService(
+        POLL_SECONDS, lambda: Deferred.fromCoroutine(router.revocations.refresh())
+    )
+    revocation_poll.clock = reactor
+    revocation_poll.setServiceParent(parent)
+    usage_flush = TimerService(POLL_SECONDS, lambda: Deferred.fromCoroutine(router.usage.flush()))
+    usage_flush.clock = reactor
+    usage_flush.setServiceParent(parent)
+
+    tree, admin = router.resources()
+    site = RouterSite(tree, reactor=reactor, max_body_size=config.max_body_size,
+                      verbose=config.verbose)
+    _listen(parent, config.listen, site, reactor, "--listen")
+    if admin is not None:
+        admin_site = RouterSite(admin, reactor=reactor, max_body_size=64 * 1024,
+                                verbose=config.verbose)
+        _listen(parent, config.admin_listen, admin_site, reactor, "--admin-listen")
+    _log.info("Upstream {url}; serving dialects {formats}", url=config.upstream,
+              formats=",".join(sorted(config.api_formats)))
+    return parent

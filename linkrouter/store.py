@@ -1,0 +1,425 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The token store: one row per token id (never the token), in SQLite or PostgreSQL.
+
+The daemon reaches it through L{twisted.enterprise.adbapi} so no query blocks the reactor;
+the CLI runs the same queries on a plain connection. The schema is versioned and migrated
+on start. Revocations are polled into an in-memory set (L{RevocationCache}) so checking a
+token costs no query, and usage is counted in memory and written in batches
+(L{UsageRecorder}) so a busy router does not write once per request.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from attrs import define, field, frozen
+from twisted.enterprise import adbapi
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from linkrouter.tokens import TokenClaims, isoformat
+
+SCHEMA_VERSION = 1
+
+#: Migrations, in order: (version, statements). Never edit one that has shipped.
+_MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE tokens (
+                id TEXT PRIMARY KEY,
+                label TEXT NOT NULL DEFAULT '',
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                revoked_at BIGINT,
+                last_used_at BIGINT,
+                request_count BIGINT NOT NULL DEFAULT 0,
+                input_tokens BIGINT NOT NULL DEFAULT 0,
+                output_tokens BIGINT NOT NULL DEFAULT 0
+            )""",
+            "CREATE INDEX tokens_revoked ON tokens (revoked_at) WHERE revoked_at IS NOT NULL",
+        ],
+    ),
+]
+
+_COLUMNS = (
+    "id, label, created_at, expires_at, revoked_at, last_used_at, "
+    "request_count, input_tokens, output_tokens"
+)
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message is safe to show (no password)."""
+
+
+@frozen
+class TokenRecord:
+    """What the store knows about one token."""
+
+    id: str
+    label: str
+    created_at: int
+    expires_at: int
+    revoked_at: int | None = None
+    last_used_at: int | None = None
+    request_count: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "label": self.label,
+            "created_at": isoformat(self.created_at),
+            "expires_at": isoformat(self.expires_at),
+            "revoked_at": isoformat(self.revoked_at),
+            "last_used_at": isoformat(self.last_used_at),
+            "revoked": self.revoked_at is not None,
+            "request_count": self.request_count,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
+
+@frozen
+class UsageDelta:
+    """Usage of one token since the last flush, with what is needed to create its row."""
+
+    id: str
+    label: str
+    created_at: int
+    expires_at: int
+    last_used_at: int
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def plus(self, later: UsageDelta | None) -> UsageDelta:
+        """This usage followed by C{later} usage of the same token."""
+        if later is None:
+            return self
+        return UsageDelta(
+            id=self.id,
+            label=self.label,
+            created_at=self.created_at,
+            expires_at=self.expires_at,
+            last_used_at=max(self.last_used_at, later.last_used_at),
+            requests=self.requests + later.requests,
+            input_tokens=self.input_tokens + later.input_tokens,
+            output_tokens=self.output_tokens + later.output_tokens,
+        )
+
+
+def redact_url(url: str) -> str:
+    """The database URL with any password replaced, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class _Cursor(Protocol):
+    rowcount: int
+
+    def execute(self, sql: str, params: Iterable[object] = ...) -> object: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+@frozen
+class Database:
+    """Where the store lives: a C{sqlite:///} file or a C{postgresql://} server."""
+
+    url: str
+
+    @property
+    def kind(self) -> str:
+        return "sqlite" if self.url.startswith("sqlite:") else "postgresql"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.url[len("sqlite:///") :])
+
+    @property
+    def module(self) -> str:
+        return "sqlite3" if self.kind == "sqlite" else "psycopg"
+
+    def _connect_args(self) -> tuple[tuple[object, ...], dict[str, object]]:
+        if self.kind == "sqlite":
+            return (str(self.sqlite_path),), {"timeout": 15.0, "check_same_thread": False}
+        return (self.url.replace("postgres://", "postgresql://", 1),), {"connect_timeout": 10}
+
+    def _prepare_file(self) -> None:
+        """Create the SQLite file with mode 0600 before SQLite creates it with 0644."""
+        path = self.sqlite_path
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, stat.S_IRUSR | stat.S_IWUSR))
+
+    def connect(self) -> Any:
+        """A new DB-API connection (blocking: for start-up checks and the CLI)."""
+        args, kwargs = self._connect_args()
+        try:
+            if self.kind == "sqlite":
+                self._prepare_file()
+                conn = sqlite3.connect(*args, **kwargs)  # type: ignore[arg-type]
+                conn.execute("PRAGMA journal_mode=WAL")
+                return conn
+            import psycopg
+
+            return psycopg.connect(*args, **kwargs)  # type: ignore[arg-type]
+        except ImportError:
+            raise StoreError(
+                "PostgreSQL support needs psycopg: pip install 'linkrouter[postgresql]'"
+            ) from None
+        except Exception as e:  # noqa: BLE001 - DB-API errors have no common base
+            raise StoreError(f"cannot open {redact_url(self.url)}: {_reason(e)}") from None
+
+    def pool(self, reactor: object) -> adbapi.ConnectionPool:
+        """An adbapi pool: queries run in its threads, results come back as Deferreds."""
+        args, kwargs = self._connect_args()
+        if self.kind == "sqlite":
+            # One connection: SQLite serialises writers anyway; more threads only add
+            # "database is locked" retries.
+            kwargs.update(cp_min=1, cp_max=1)
+        else:
+            kwargs.update(cp_min=1, cp_max=4)
+        return adbapi.ConnectionPool(
+            self.module, *args, cp_reactor=reactor, cp_noisy=False, cp_reconnect=True, **kwargs
+        )
+
+    def queries(self) -> Queries:
+        return Queries("?" if self.kind == "sqlite" else "%s", self.kind)
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _record(row: Any) -> TokenRecord:
+    return TokenRecord(*row)
+
+
+@frozen
+class Queries:
+    """Each store operation as a function of a DB-API cursor (run in a thread or inline)."""
+
+    placeholder: str
+    kind: str
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self.placeholder)
+
+    def migrate(self, cursor: _Cursor) -> int:
+        """Bring the schema to L{SCHEMA_VERSION}; return the version found before."""
+        if self.kind == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock(7468212)")
+        cursor.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        cursor.execute("SELECT MAX(version) FROM schema_version")
+        row = cursor.fetchone()
+        found = int(row[0]) if row and row[0] is not None else 0
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store has schema version {found}, newer than this linkrouter "
+                f"understands ({SCHEMA_VERSION}); upgrade linkrouter"
+            )
+        for version, statements in _MIGRATIONS:
+            if version > found:
+                for statement in statements:
+                    cursor.execute(statement)
+                cursor.execute(self._sql("INSERT INTO schema_version (version) VALUES (?)"),
+                               (version,))
+        return found
+
+    def insert(self, cursor: _Cursor, record: TokenRecord) -> TokenRecord:
+        cursor.execute(
+            self._sql(f"INSERT INTO tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+            (
+                record.id,
+                record.label,
+                record.created_at,
+                record.expires_at,
+                record.revoked_at,
+                record.last_used_at,
+                record.request_count,
+                record.input_tokens,
+                record.output_tokens,
+            ),
+        )
+        return record
+
+    def get(self, cursor: _Cursor, token_id: str) -> TokenRecord | None:
+        cursor.execute(self._sql(f"SELECT {_COLUMNS} FROM tokens WHERE id = ?"), (token_id,))
+        row = cursor.fetchone()
+        return _record(row) if row else None
+
+    def list(self, cursor: _Cursor) -> list[TokenRecord]:
+        cursor.execute(f"SELECT {_COLUMNS} FROM tokens ORDER BY created_at, id")
+        return [_record(row) for row in cursor.fetchall()]
+
+    def revoke(self, cursor: _Cursor, token_id: str, at: int) -> TokenRecord | None:
+        """Mark a token revoked (keeping the first revocation time); C{None} if unknown."""
+        cursor.execute(
+            self._sql("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?"),
+            (at, token_id),
+        )
+        return self.get(cursor, token_id)
+
+    def revoked_ids(self, cursor: _Cursor) -> frozenset[str]:
+        cursor.execute("SELECT id FROM tokens WHERE revoked_at IS NOT NULL")
+        return frozenset(row[0] for row in cursor.fetchall())
+
+    def add_usage(self, cursor: _Cursor, deltas: list[UsageDelta]) -> None:
+        """Add usage counters, creating rows for tokens minted elsewhere (same secret)."""
+        statement = self._sql(
+            "INSERT INTO tokens (id, label, created_at, expires_at, last_used_at, "
+            "request_count, input_tokens, output_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET "
+            "last_used_at = excluded.last_used_at, "
+            "request_count = tokens.request_count + excluded.request_count, "
+            "input_tokens = tokens.input_tokens + excluded.input_tokens, "
+            "output_tokens = tokens.output_tokens + excluded.output_tokens"
+        )
+        for d in deltas:
+            cursor.execute(
+                statement,
+                (d.id, d.label, d.created_at, d.expires_at, d.last_used_at,
+                 d.requests, d.input_tokens, d.output_tokens),
+            )
+
+
+@define
+class TokenStore:
+    """
+    The store's operations, each run by C{run(fn, *args)} with a cursor.
+
+    In the daemon C{run} is C{ConnectionPool.runInteraction} and every method returns a
+    Deferred; in the CLI C{run} is L{BlockingRunner} and methods return values.
+    """
+
+    queries: Queries
+    run: Callable[..., Any]
+
+    def insert(self, record: TokenRecord) -> Any:
+        return self.run(self.queries.insert, record)
+
+    def get(self, token_id: str) -> Any:
+        return self.run(self.queries.get, token_id)
+
+    def list(self) -> Any:
+        return self.run(self.queries.list)
+
+    def revoke(self, token_id: str, at: int) -> Any:
+        return self.run(self.queries.revoke, token_id, at)
+
+    def revoked_ids(self) -> Any:
+        return self.run(self.queries.revoked_ids)
+
+    def add_usage(self, deltas: list[UsageDelta]) -> Any:
+        return self.run(self.queries.add_usage, deltas)
+
+
+@define
+class BlockingRunner:
+    """Run a store operation inline in one transaction (CLI and start-up only)."""
+
+    connection: Any
+
+    def __call__(self, fn: Callable[..., Any], *args: object) -> Any:
+        cursor = self.connection.cursor()
+        try:
+            result = fn(cursor, *args)
+        except BaseException:
+            self.connection.rollback()
+            raise
+        self.connection.commit()
+        return result
+
+
+def prepare(database: Database) -> tuple[int, frozenset[str]]:
+    """
+    Open the database once, blocking, and migrate it; return the schema version found
+    and the revoked token ids (so the daemon refuses them from its first request).
+    """
+    conn = database.connect()
+    try:
+        run = BlockingRunner(conn)
+        queries = database.queries()
+        return run(queries.migrate), run(queries.revoked_ids)
+    except StoreError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise StoreError(f"cannot migrate {redact_url(database.url)}: {_reason(e)}") from None
+    finally:
+        conn.close()
+
+
+@define
+class RevocationCache:
+    """
+    The set of revoked token ids, re-read from the store every second or so, so that a
+    revocation made by the CLI or another instance takes effect here without a query per
+    request.
+    """
+
+    store: TokenStore
+    revoked: frozenset[str] = frozenset()
+    _log = Logger()
+
+    def __contains__(self, token_id: str) -> bool:
+        return token_id in self.revoked
+
+    def add(self, token_id: str) -> None:
+        """Record a revocation made by this process at once."""
+        self.revoked = self.revoked | {token_id}
+
+    async def refresh(self) -> None:
+        try:
+            self.revoked = await self.store.revoked_ids()
+        except Exception:  # noqa: BLE001 - keep the last good set and keep polling
+            self._log.failure("Could not refresh the revocation list; keeping the last one")
+
+
+@define
+class UsageRecorder:
+    """Counts requests and tokens per router token in memory; L{flush} writes them."""
+
+    store: TokenStore
+    clock: IReactorTime
+    pending: dict[str, UsageDelta] = field(factory=dict)
+    _log = Logger()
+
+    def record(self, claims: TokenClaims, input_tokens: int = 0, output_tokens: int = 0,
+               requests: int = 1) -> None:
+        delta = UsageDelta(
+            id=claims.id,
+            label=claims.label,
+            created_at=claims.issued_at,
+            expires_at=claims.expires_at,
+            last_used_at=int(self.clock.seconds()),
+            requests=requests,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+        old = self.pending.get(claims.id)
+        self.pending[claims.id] = old.plus(delta) if old else delta
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, {}
+        try:
+            await self.store.add_usage(list(batch.values()))
+        except Exception:  # noqa: BLE001 - put the counts back and try again next time
+            self._log.failure("Could not write token usage; will retry")
+            for delta in batch.values():
+                self.pending[delta.id] = delta.plus(self.pending.get(delta.id))

@@ -1,0 +1,150 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd linkrouter}: options (each also read from the environment) and C{makeService}.
+
+Bad configuration stops start-up with one line naming the option and exit status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from twisted.application.service import MultiService
+from twisted.python import usage
+
+from linkrouter.config import DEFAULT_MAX_BODY_SIZE, DEFAULT_UPSTREAM_TIMEOUT, Config, ConfigError
+from linkrouter.config import resolve as resolve_config
+from linkrouter.service import makeService as build_service
+
+
+def _one_line(method: Any) -> Any:
+    """Fold a multi-line docstring so --help shows it as one paragraph."""
+    method.__doc__ = " ".join((method.__doc__ or "").split())
+    return method
+
+
+class Options(usage.Options):
+    """
+    Run linkrouter: share Claude subscriptions through router tokens (la_sk_...).
+
+    Every option can also come from the environment variable shown; flags win.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run linkrouter, an Anthropic API proxy that authenticates clients with router "
+        "tokens (la_sk_...) and forwards their requests with the team's Claude credential. "
+        "With no options it listens on tcp:8080 and keeps its state in "
+        "$LINKROUTER_DATA_DIR (default ~/.local/state/linkrouter)."
+    )
+
+    optFlags = [
+        ["verbose", "v", "Log upstream detail on each request. [env: VERBOSE=1]"],
+    ]
+
+    optParameters = [
+        ["data-dir", None, None,
+         "State directory: secrets and the SQLite store. [env: LINKROUTER_DATA_DIR; default "
+         "$STATE_DIRECTORY, else $XDG_STATE_HOME/linkrouter, else ~/.local/state/linkrouter]"],
+        ["token-secret", None, None,
+         "HMAC secret that signs router tokens (prefer --token-secret-file). "
+         "[env: TOKEN_SECRET; default: generated <data-dir>/token-secret]"],
+        ["token-secret-file", None, None,
+         "File holding the token secret. [env: TOKEN_SECRET_FILE]"],
+        ["admin-key", None, None,
+         "Bearer key for the admin API (prefer --admin-key-file). "
+         "[env: ADMIN_KEY; default: generated <data-dir>/admin-key]"],
+        ["admin-key-file", None, None, "File holding the admin key. [env: ADMIN_KEY_FILE]"],
+        ["oauth-token", None, None,
+         "Upstream Claude OAuth token, e.g. from `claude setup-token`. "
+         "[env: CLAUDE_CODE_OAUTH_TOKEN]"],
+        ["upstream-api-key", None, None,
+         "Upstream Anthropic API key (sent as x-api-key). [env: UPSTREAM_API_KEY]"],
+        ["upstream", None, None,
+         "Upstream base URL. [env: UPSTREAM_BASE_URL; default https://api.anthropic.com]"],
+        ["oauth-token-url", None, None,
+         "OAuth token endpoint for refreshing Claude logins. [env: OAUTH_TOKEN_URL; default "
+         "https://platform.claude.com/v1/oauth/token]"],
+        ["api-format", None, None,
+         "Dialects to serve, comma-separated: anthropic,bedrock,vertex. "
+         "[env: UPSTREAM_API_FORMAT; default all three]"],
+        ["database", None, None,
+         "Token store: sqlite:///path or postgresql://... [env: DATABASE_URL; default "
+         "sqlite:///<data-dir>/linkrouter.sqlite3]"],
+        ["max-body-size", None, None,
+         f"Largest request body accepted, bytes or e.g. 32MiB. [env: LINKROUTER_MAX_BODY_SIZE; "
+         f"default {DEFAULT_MAX_BODY_SIZE}]"],
+        ["upstream-timeout", None, None,
+         f"Seconds to wait for the upstream's response headers before answering 504. "
+         f"[env: LINKROUTER_UPSTREAM_TIMEOUT; default {DEFAULT_UPSTREAM_TIMEOUT:g}]"],
+    ]
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+        self["listen"] = []
+        self["admin_listen"] = []
+        self["claude_code_homes"] = []
+
+    @_one_line
+    def opt_listen(self, description: str) -> None:
+        """
+        Endpoint to serve clients on (repeatable), e.g. tcp:8080 or
+        ssl:8443:privateKey=key.pem:certKey=cert.pem. [env: LINKROUTER_LISTEN, comma-separated;
+        default tcp:port=$ROUTER_PORT:interface=$ROUTER_HOST = tcp:8080 on 0.0.0.0]
+        """
+        self["listen"].append(description)
+
+    @_one_line
+    def opt_admin_listen(self, description: str) -> None:
+        """
+        Endpoint that serves the admin API only (repeatable); when given, the admin API
+        leaves the client listeners. [env: LINKROUTER_ADMIN_LISTEN]
+        """
+        self["admin_listen"].append(description)
+
+    @_one_line
+    def opt_claude_code_home(self, directory: str) -> None:
+        """
+        Claude Code home holding a login (.credentials.json), repeatable.
+        [env: CLAUDE_CODE_HOME, ':'-separated; default ~/.claude]
+        """
+        self["claude_code_homes"].append(directory)
+
+    def postOptions(self) -> None:  # noqa: N802 - twisted API
+        raw = {key.replace("-", "_"): value for key, value in self.items()}
+        try:
+            self.config: Config = resolve_config(raw, self.environ)
+        except ConfigError as e:
+            raise ConfigUsageError(str(e)) from None
+
+    def parseOptions(self, options: Any = None) -> None:  # noqa: N802
+        try:
+            super().parseOptions(options)
+        except ConfigUsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            _stop(str(e))
+
+
+class ConfigUsageError(usage.UsageError):
+    """A value is wrong (as opposed to an unknown flag)."""
+
+
+def _stop(line: str) -> NoReturn:
+    """Under twistd: one line on stderr and exit status 1, instead of a usage dump."""
+    sys.stderr.write(f"linkrouter: configuration error: {line}\n")
+    raise SystemExit(1)
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:  # noqa: N802
+    """Build the router service from parsed options (see L{linkrouter.service})."""
+    try:
+        return build_service(options.config, reactor)
+    except ConfigError as e:
+        if reactor is not None:  # a caller that passes its own reactor handles errors
+            raise
+        _stop(str(e))
