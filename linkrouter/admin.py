@@ -59,6 +59,11 @@ class IssueRequest:
                 data = json.loads(raw)
             except (ValueError, UnicodeDecodeError):
                 raise _bad("The request body is not valid JSON.") from None
+        return cls.from_json(data)
+
+    @classmethod
+    def from_json(cls, data: Any) -> IssueRequest:
+        """Validate parsed JSON (the CLI builds the same object from its flags)."""
         if not isinstance(data, dict):
             raise _bad('The request body must be a JSON object, e.g. {"ttl_hours": 24}.')
         unknown = sorted(set(data) - {"ttl_hours", "label"})
@@ -117,12 +122,14 @@ class TokenAdmin:
         return {"tokens": [r.to_json() for r in records]}
 
     async def show(self, token_id: str) -> dict[str, Any]:
+        token_id = _token_id(token_id)
         record = await self.store.get(token_id)
         if record is None:
             raise _not_found(token_id)
         return record.to_json()
 
     async def revoke(self, token_id: str) -> dict[str, Any]:
+        token_id = _token_id(token_id)
         record = await self.store.revoke(token_id, int(self.clock.seconds()))
         if record is None:
             raise _not_found(token_id)
@@ -134,11 +141,11 @@ def _not_found(token_id: str) -> APIError:
     return APIError(404, f"No token with id {token_id}.", "not_found_error")
 
 
-def _token_id(segment: bytes) -> str:
+def _token_id(text: str) -> str:
     try:
-        return str(uuid.UUID(segment.decode("ascii")))
-    except (ValueError, UnicodeDecodeError):
-        raise APIError(404, "Token ids are UUIDs; no such token.", "not_found_error") from None
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise APIError(404, "No such token: token ids are UUIDs.", "not_found_error") from None
 
 
 class AdminResource(Resource):
@@ -206,7 +213,7 @@ class AdminResource(Resource):
                 return await self._admin.list()
             raise _not_allowed(request, b"GET, POST")
         if len(segments) == 1:
-            token_id = _token_id(segments[0])
+            token_id = segments[0].decode("utf-8", "replace")
             if method == b"GET":
                 return await self._admin.show(token_id)
             if method == b"DELETE":

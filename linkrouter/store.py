@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from attrs import define, field, frozen
 from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -302,8 +303,8 @@ class TokenStore:
     """
     The store's operations, each run by C{run(fn, *args)} with a cursor.
 
-    In the daemon C{run} is C{ConnectionPool.runInteraction} and every method returns a
-    Deferred; in the CLI C{run} is L{BlockingRunner} and methods return values.
+    In the daemon C{run} is C{ConnectionPool.runInteraction}; in the CLI it is
+    L{BlockingRunner}. Either way every method returns a Deferred.
     """
 
     queries: Queries
@@ -328,21 +329,29 @@ class TokenStore:
         return self.run(self.queries.add_usage, deltas)
 
 
+def _transaction(connection: Any, fn: Callable[..., Any], *args: object) -> Any:
+    """Run C{fn(cursor, *args)} inline in one transaction."""
+    cursor = connection.cursor()
+    try:
+        result = fn(cursor, *args)
+    except BaseException:
+        connection.rollback()
+        raise
+    connection.commit()
+    return result
+
+
 @define
 class BlockingRunner:
-    """Run a store operation inline in one transaction (CLI and start-up only)."""
+    """
+    Run a store operation inline (CLI only), returning an already-fired Deferred so the
+    same async code (e.g. L{linkrouter.admin.TokenAdmin}) serves the daemon and the CLI.
+    """
 
     connection: Any
 
-    def __call__(self, fn: Callable[..., Any], *args: object) -> Any:
-        cursor = self.connection.cursor()
-        try:
-            result = fn(cursor, *args)
-        except BaseException:
-            self.connection.rollback()
-            raise
-        self.connection.commit()
-        return result
+    def __call__(self, fn: Callable[..., Any], *args: object) -> Deferred[Any]:
+        return maybeDeferred(_transaction, self.connection, fn, *args)
 
 
 def prepare(database: Database) -> tuple[int, frozenset[str]]:
@@ -352,9 +361,8 @@ def prepare(database: Database) -> tuple[int, frozenset[str]]:
     """
     conn = database.connect()
     try:
-        run = BlockingRunner(conn)
         queries = database.queries()
-        return run(queries.migrate), run(queries.revoked_ids)
+        return (_transaction(conn, queries.migrate), _transaction(conn, queries.revoked_ids))
     except StoreError:
         raise
     except Exception as e:  # noqa: BLE001
