@@ -190,6 +190,9 @@ class _Paced:
         self._response = response
         self._exchange = exchange
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._response, name)
+
     def deliverBody(self, protocol: Any) -> None:  # noqa: N802 - IResponse
         self._response.deliverBody(protocol)
         producer = getattr(protocol, "transport", None)

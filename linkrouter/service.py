@@ -16,15 +16,19 @@ from typing import Any
 from attrs import frozen
 from treq.client import HTTPClient
 from twisted.application import strports
-from twisted.application.internet import TimerService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import Cooperator
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
+from zope.interface import implementer
 
 from linkrouter.admin import AdminResource, TokenAdmin
 from linkrouter.config import Config, ConfigError, Secrets, load_secrets
@@ -50,17 +54,38 @@ POLL_SECONDS = 1.0
 CONNECT_TIMEOUT = 10.0
 
 
+@implementer(IAgent)
+@frozen
+class IdentityEncodingAgent:
+    """
+    Sends requests without C{Accept-Encoding}.
+
+    treq asks for gzip on every request; the router relays bodies byte for byte (and its
+    usage meter reads them), so it asks the upstream for none.
+    """
+
+    agent: IAgent
+
+    def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
+                bodyProducer: Any = None) -> Deferred[Any]:  # noqa: N803 - IAgent
+        if headers is not None:
+            headers = headers.copy()
+            headers.removeHeader(b"accept-encoding")
+        return self.agent.request(method, uri, headers, bodyProducer)
+
+
 def http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
     """
-    A treq client for upstream calls: persistent pooled connections, and a cookie jar
-    that accepts no cookie, so nothing one user's request provokes reaches another's.
+    A treq client for upstream calls: persistent pooled connections, no Accept-Encoding,
+    and a cookie jar that accepts no cookie, so nothing one user's request provokes
+    reaches another's.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 128
     pool.cachedConnectionTimeout = 120
     agent = Agent(reactor, pool=pool, connectTimeout=CONNECT_TIMEOUT)
     jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return HTTPClient(agent, cookiejar=jar), pool
+    return HTTPClient(IdentityEncodingAgent(agent), cookiejar=jar), pool
 
 
 @frozen
@@ -166,24 +191,45 @@ def _scheduler(reactor: Any) -> Any:
     return lambda work: reactor.callLater(0, work)
 
 
-def _listen(parent: MultiService, descriptions: tuple[str, ...], site: RouterSite,
-            reactor: Any, option: str) -> None:
+class RouterService(MultiService):
+    """
+    The router's top service. C{listeners} and C{admin_listeners} are its
+    C{StreamServerEndpointService}s, in the order given.
+    """
+
+    def __init__(self, router: Router) -> None:
+        super().__init__()
+        self.router = router
+        self.listeners: list[StreamServerEndpointService] = []
+        self.admin_listeners: list[StreamServerEndpointService] = []
+
+    async def ports(self) -> list[IListeningPort]:
+        """The bound ports of all listeners (after start-up), e.g. to learn port 0's."""
+        return [
+            await listener._waitingForPort  # noqa: SLF001 - the service keeps no public handle
+            for listener in self.listeners + self.admin_listeners
+        ]
+
+
+def _listen(descriptions: tuple[str, ...], site: RouterSite, reactor: Any, option: str,
+            parent: MultiService, into: list[StreamServerEndpointService]) -> None:
     for description in descriptions:
         try:
             listener = strports.service(description, site, reactor=reactor)
         except Exception as e:  # noqa: BLE001 - endpoint parsers raise many types
             raise ConfigError(option, f"{description!r} is not a usable endpoint: {e}") from None
         listener.setServiceParent(parent)
+        into.append(listener)
 
 
-def makeService(config: Config, reactor: Any = None) -> MultiService:  # noqa: N802
+def makeService(config: Config, reactor: Any = None) -> RouterService:  # noqa: N802
     """The router as a service: store, pollers and listeners."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     router, pool, http_pool = build_router(config, reactor)
-    parent = MultiService()
+    parent = RouterService(router)
     # Children stop in reverse order: listeners first, the store last.
     _StoreService(pool, router.usage).setServiceParent(parent)
     _PoolService(http_pool).setServiceParent(parent)
@@ -199,11 +245,14 @@ def makeService(config: Config, reactor: Any = None) -> MultiService:  # noqa: N
     tree, admin = router.resources()
     site = RouterSite(tree, reactor=reactor, max_body_size=config.max_body_size,
                       verbose=config.verbose)
-    _listen(parent, config.listen, site, reactor, "--listen")
+    site.noisy = False
+    _listen(config.listen, site, reactor, "--listen", parent, parent.listeners)
     if admin is not None:
         admin_site = RouterSite(admin, reactor=reactor, max_body_size=64 * 1024,
                                 verbose=config.verbose)
-        _listen(parent, config.admin_listen, admin_site, reactor, "--admin-listen")
+        admin_site.noisy = False
+        _listen(config.admin_listen, admin_site, reactor, "--admin-listen", parent,
+                parent.admin_listeners)
     _log.info("Upstream {url}; serving dialects {formats}", url=config.upstream,
               formats=",".join(sorted(config.api_formats)))
     return parent

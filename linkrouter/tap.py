@@ -12,11 +12,11 @@ import sys
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
-from twisted.application.service import MultiService
 from twisted.python import usage
 
 from linkrouter.config import DEFAULT_MAX_BODY_SIZE, DEFAULT_UPSTREAM_TIMEOUT, Config, ConfigError
 from linkrouter.config import resolve as resolve_config
+from linkrouter.service import RouterService
 from linkrouter.service import makeService as build_service
 
 
@@ -140,7 +140,7 @@ def _stop(line: str) -> NoReturn:
     raise SystemExit(1)
 
 
-def makeService(options: Options, reactor: Any = None) -> MultiService:  # noqa: N802
+def makeService(options: Options, reactor: Any = None) -> RouterService:  # noqa: N802
     """Build the router service from parsed options (see L{linkrouter.service})."""
     try:
         return build_service(options.config, reactor)
