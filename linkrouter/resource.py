@@ -76,6 +76,8 @@ class Root(Resource):
     """The root: HEAD / answers for Claude Code's probe; unknown paths get a JSON 404."""
 
     def getChild(self, path: bytes, request: IRequest) -> IResource:  # noqa: N802
+        if path == b"" and not request.postpath:
+            return self  # "/" itself
         return not_found()
 
     def render(self, request: IRequest) -> bytes:
@@ -164,6 +166,9 @@ class _Discard:
         pass
 
     def seek(self, *args: Any) -> int:
+        return 0
+
+    def tell(self) -> int:
         return 0
 
     def read(self, *args: Any) -> bytes:

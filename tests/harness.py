@@ -133,14 +133,16 @@ async def start_router(
     upstream: FakeAnthropic | None = None,
     env: dict[str, str] | None = None,
     admin_listen: bool = False,
+    upstream_url: str | None = None,
     **flags: Any,
 ) -> Running:
     """
     Start a router built exactly as C{twistd linkrouter} builds it, on loopback port 0,
-    in front of a fake upstream. C{flags} are option values (C{max_body_size="1000"}).
+    in front of a fake upstream (or C{upstream_url}, to point it elsewhere). C{flags} are
+    option values (C{max_body_size="1000"}).
     """
     logs = capture_logs(case)
-    fake, upstream_url = await start_upstream(case, upstream)
+    fake, fake_url = await start_upstream(case, upstream)
     base = Path(case.mktemp())
     home = base / "claude"
     write_claude_home(home)
@@ -151,7 +153,7 @@ async def start_router(
         "data_dir": str(base / "state"),
         "token_secret": TOKEN_SECRET,
         "admin_key": ADMIN_KEY,
-        "upstream": upstream_url,
+        "upstream": upstream_url or fake_url,
     }
     raw.update(flags)
     config = resolve(raw, env or {})
@@ -167,7 +169,7 @@ async def start_router(
     ports = await service.ports()
     url = f"http://127.0.0.1:{ports[0].getHost().port}"
     admin_url = f"http://127.0.0.1:{ports[-1].getHost().port}" if admin_listen else None
-    return Running(service, url, fake, upstream_url, home, logs, admin_url)
+    return Running(service, url, fake, upstream_url or fake_url, home, logs, admin_url)
 
 
 def http_client() -> HTTPClient:

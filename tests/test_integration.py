@@ -21,6 +21,7 @@ from linkrouter.proxy import OAUTH_BETA
 from linkrouter.testing import FakeAnthropic, load_answers
 
 from .harness import (
+    ADMIN_KEY,
     OAUTH_TOKEN,
     RESPONSES,
     clean_env,
@@ -307,3 +308,195 @@ class ReplayTests(TestCase):
     def test_js_sdk(self) -> Deferred[None]:
         """The JS SDK 1.12.0's recorded requests."""
         return Deferred.fromCoroutine(self._replay("sdk/js-anthropic-sdk-1.12.0.jsonl"))
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening on it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raw_exchange(port: int, data: bytes, read_until_close: bool = True) -> bytes:
+    """Send raw bytes to the router and read what it answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        received = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return received
+            received += chunk
+            if not read_until_close and b"\r\n\r\n" in received:
+                return received
+
+
+def error_json(raw: bytes) -> dict[str, Any]:
+    return json.loads(raw.split(b"\r\n\r\n", 1)[1])
+
+
+class ErrorPathTests(TestCase):
+    """Every router-made error, over real sockets, with status, type and message."""
+
+    timeout = 60
+
+    async def test_upstream_unreachable(self) -> None:
+        """Nothing listening upstream: 502 api_error naming the upstream, no secret."""
+        dead = f"http://127.0.0.1:{free_port()}"
+        running = await start_router(self, upstream_url=dead)
+        token = (await running.issue())["token"]
+        response = await running.http.get(running.url + "/v1/models",
+                                          headers={"x-api-key": token})
+        body = json.loads(await response.content())
+        self.assertEqual(response.code, 502)
+        self.assertEqual(body["error"]["type"], "api_error")
+        self.assertIn(dead, body["error"]["message"])
+        self.assertIn("could not be reached", body["error"]["message"])
+        self.assertNotIn(OAUTH_TOKEN, json.dumps(body))
+
+    async def test_sdk_sees_authentication_errors(self) -> None:
+        """The SDK raises AuthenticationError with the router's reason."""
+        running = await start_router(self)
+        for token, reason in (("sk-ant-api03-notours", "not a linkrouter token"),
+                              ("la_sk_garbage", "Malformed router token")):
+            client = sdk(running, token)
+            self.addCleanup(client.close)
+            with self.assertRaises(anthropic.AuthenticationError) as caught:
+                await in_thread(client.models.list)
+            self.assertIn(reason, caught.exception.body["error"]["message"])
+            self.assertNotIn(token, caught.exception.body["error"]["message"])
+        self.assertEqual(running.upstream.received, [])
+
+    async def test_too_large_from_content_length(self) -> None:
+        """A declared body over --max-body-size is refused before any of it is sent."""
+        running = await start_router(self, max_body_size="1000")
+        token = (await running.issue())["token"]
+        port = int(running.url.rsplit(":", 1)[1])
+        raw = await in_thread(raw_exchange, port, (
+            b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: " + token.encode() +
+            b"\r\ncontent-type: application/json\r\ncontent-length: 5000\r\n\r\n"
+        ))
+        self.assertTrue(raw.startswith(b"HTTP/1.1 413 "), raw[:80])
+        body = error_json(raw)
+        self.assertEqual(body["error"]["type"], "request_too_large")
+        self.assertIn("1000 bytes", body["error"]["message"])
+        self.assertEqual(running.upstream.received, [])
+
+    async def test_too_large_expect_continue(self) -> None:
+        """With Expect: 100-continue, the client gets 413 instead of 100 Continue."""
+        running = await start_router(self, max_body_size="1000")
+        port = int(running.url.rsplit(":", 1)[1])
+        raw = await in_thread(raw_exchange, port, (
+            b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nexpect: 100-continue\r\n"
+            b"content-length: 5000\r\n\r\n"
+        ))
+        self.assertTrue(raw.startswith(b"HTTP/1.1 413 "), raw[:80])
+        self.assertNotIn(b"100 Continue", raw)
+
+    async def test_too_large_chunked(self) -> None:
+        """A chunked body is refused once it passes the limit."""
+        running = await start_router(self, max_body_size="1000")
+        token = (await running.issue())["token"]
+        port = int(running.url.rsplit(":", 1)[1])
+        chunk = b"x" * 600
+        raw = await in_thread(raw_exchange, port, (
+            b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: " + token.encode() +
+            b"\r\ntransfer-encoding: chunked\r\n\r\n" +
+            (b"258\r\n" + chunk + b"\r\n") * 2 + b"0\r\n\r\n"
+        ))
+        self.assertTrue(raw.startswith(b"HTTP/1.1 413 "), raw[:80])
+        self.assertEqual(error_json(raw)["error"]["type"], "request_too_large")
+        self.assertEqual(running.upstream.received, [])
+
+    async def test_sdk_sees_too_large(self) -> None:
+        """The SDK, still sending its body, reads the 413 (not a connection reset)."""
+        running = await start_router(self, max_body_size="100000")
+        token = (await running.issue())["token"]
+        client = sdk(running, token)
+        self.addCleanup(client.close)
+        big = [{"role": "user", "content": "x" * 3_000_000}]
+        with self.assertRaises(anthropic.APIStatusError) as caught:
+            await in_thread(client.messages.create, model=MODEL, max_tokens=8, messages=big)
+        self.assertEqual(caught.exception.status_code, 413)
+        self.assertEqual(caught.exception.body["error"]["type"], "request_too_large")
+
+    async def test_body_at_limit_accepted(self) -> None:
+        """A body of exactly --max-body-size bytes goes through."""
+        running = await start_router(self, max_body_size="1000")
+        token = (await running.issue())["token"]
+        body = json.dumps({"model": MODEL, "max_tokens": 8, "messages": HELLO,
+                           "metadata": {"user_id": ""}}).encode()
+        body = body.replace(b'"user_id": ""', b'"user_id": "' + b"u" * (1000 - len(body)) + b'"')
+        self.assertEqual(len(body), 1000)
+        response = await running.http.post(running.url + "/v1/messages", data=body,
+                                           headers={"x-api-key": token})
+        await response.content()
+        self.assertEqual(response.code, 200)
+        self.assertEqual(running.upstream.received[0].body, body)
+
+    async def test_upstream_breaks_mid_stream(self) -> None:
+        """An upstream that drops mid-stream ends the client's stream with an error event."""
+        fake = FakeAnthropic(load_answers(RESPONSES), break_after=3)
+        running = await start_router(self, upstream=fake)
+        token = (await running.issue())["token"]
+        client = sdk(running, token)
+        self.addCleanup(client.close)
+
+        def stream() -> list[str]:
+            seen = []
+            with client.messages.stream(model=MODEL, max_tokens=8, messages=HELLO) as s:
+                for event in s:
+                    seen.append(event.type)
+            return seen
+
+        with self.assertRaises(anthropic.APIStatusError) as caught:
+            await in_thread(stream)
+        self.assertIn("broke mid-stream", str(caught.exception))
+        running.logs.lines.clear()
+
+
+class LogHygieneTests(TestCase):
+    """Nothing secret in any log line or error body of a full run."""
+
+    timeout = 60
+
+    async def test_no_secret_in_logs(self) -> None:
+        """
+        A verbose run through success, streaming, refusals, revocation and upstream
+        failure logs one access line per proxied request and never a secret.
+        """
+        running = await start_router(self, verbose=True)
+        issued = await running.issue("alice")
+        token = issued["token"]
+        client = sdk(running, token)
+        self.addCleanup(client.close)
+        await in_thread(client.messages.create, model=MODEL, max_tokens=8, messages=HELLO)
+
+        def stream() -> None:
+            with client.messages.stream(model=MODEL, max_tokens=8, messages=HELLO) as s:
+                for _ in s:
+                    pass
+
+        await in_thread(stream)
+        bodies = []
+        for headers in ({"x-api-key": token[:-2] + "xx"}, {"x-api-key": "la_sk_x.y.z"},
+                        {"authorization": "Bearer sk-ant-oat01-someone-elses"}):
+            response = await running.http.get(running.url + "/v1/models", headers=headers)
+            bodies.append(await response.content())
+        await running.http.delete(running.url + "/api/tokens/" + issued["id"],
+                                  headers={"Authorization": "Bearer " + ADMIN_KEY})
+        response = await running.http.get(running.url + "/v1/models",
+                                          headers={"x-api-key": token})
+        bodies.append(await response.content())
+        self.assertEqual(response.code, 403)
+
+        logs = running.logs.text()
+        everything = logs + "\n" + b"\n".join(bodies).decode()
+        for secret in running.secrets() + [token, token[len("la_sk_"):]]:
+            self.assertNotIn(secret, everything)
+        self.assertNotIn("sk-ant-oat01-someone-elses", everything)
+        access = [line for line in running.logs.lines if " /v1/" in line and "token=" in line]
+        self.assertEqual(len(access), 6, access)
+        self.assertTrue(any("POST /v1/messages 200" in line and issued["id"] in line
+                            and "upstream_status=200" in line for line in access), access)
+        self.assertTrue(any("GET /v1/models 403" in line for line in access), access)
