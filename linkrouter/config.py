@@ -205,14 +205,26 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
     def path(value: str | None) -> Path | None:
         return Path(value).expanduser() if value else None
 
+    def secret(value_key: str, file_key: str, value_env: str, file_env: str
+               ) -> tuple[str | None, Path | None]:
+        """A value or a file: flags first (value, then file), then the environment."""
+        if raw.get(value_key) is not None or raw.get(file_key) is not None:
+            return _pick(raw, {}, value_key), path(_pick(raw, {}, file_key))
+        return _pick({}, env, value_key, value_env), path(_pick({}, env, file_key, file_env))
+
+    token_secret, token_secret_file = secret(
+        "token_secret", "token_secret_file", "TOKEN_SECRET", "TOKEN_SECRET_FILE")
+    admin_key, admin_key_file = secret("admin_key", "admin_key_file", "ADMIN_KEY",
+                                       "ADMIN_KEY_FILE")
+
     return Config(
         listen=tuple(listen),
         admin_listen=tuple(admin_listen),
         data_dir=data_dir,
-        token_secret=_pick(raw, env, "token_secret", "TOKEN_SECRET"),
-        token_secret_file=path(_pick(raw, env, "token_secret_file", "TOKEN_SECRET_FILE")),
-        admin_key=_pick(raw, env, "admin_key", "ADMIN_KEY"),
-        admin_key_file=path(_pick(raw, env, "admin_key_file", "ADMIN_KEY_FILE")),
+        token_secret=token_secret,
+        token_secret_file=token_secret_file,
+        admin_key=admin_key,
+        admin_key_file=admin_key_file,
         claude_code_homes=tuple(Path(h).expanduser() for h in homes),
         oauth_token=_pick(raw, env, "oauth_token", "CLAUDE_CODE_OAUTH_TOKEN"),
         upstream_api_key=_pick(raw, env, "upstream_api_key", "UPSTREAM_API_KEY"),

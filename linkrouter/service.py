@@ -10,18 +10,20 @@ raises L{ConfigError} naming the option.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 from attrs import frozen
 from treq.client import HTTPClient
 from twisted.application import strports
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import Cooperator
+from twisted.internet.task import Cooperator, LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -126,18 +128,42 @@ class Router:
         return tree, admin_tree(admin) if separate else None
 
 
-class _StoreService(Service):
-    """Owns the database pool: closes it last, after a final usage flush."""
+class StoreService(Service):
+    """
+    Owns the database pool and the two pollers that use it: the revocation refresh and
+    the usage flush, each every L{POLL_SECONDS}. On stop it waits for a poll in flight,
+    writes the last usage counts, and only then closes the pool.
+    """
 
-    def __init__(self, pool: adbapi.ConnectionPool, usage: UsageRecorder) -> None:
+    def __init__(self, pool: adbapi.ConnectionPool, router: Router, clock: Any) -> None:
         self._pool = pool
-        self._usage = usage
+        self._loops = [
+            LoopingCall(lambda: Deferred.fromCoroutine(router.revocations.refresh())),
+            LoopingCall(lambda: Deferred.fromCoroutine(router.usage.flush())),
+        ]
+        self._usage = router.usage
+        self._stopped: list[Deferred[Any]] = []
+        for loop in self._loops:
+            loop.clock = clock
 
-    def stopService(self) -> Deferred[None]:  # noqa: N802 - twisted API
+    def startService(self) -> None:  # noqa: N802 - twisted API
+        super().startService()
+        self._stopped = [loop.start(POLL_SECONDS, now=True) for loop in self._loops]
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802
         super().stopService()
-        d = Deferred.fromCoroutine(self._usage.flush())
-        d.addBoth(lambda _: self._pool.close())
-        return d
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        for stopped in self._stopped:
+            await stopped
+        try:
+            await self._usage.flush()
+        finally:
+            self._pool.close()
 
 
 class _PoolService(Service):
@@ -202,6 +228,23 @@ class RouterService(MultiService):
         self.router = router
         self.listeners: list[StreamServerEndpointService] = []
         self.admin_listeners: list[StreamServerEndpointService] = []
+        #: Called instead of raising when a listener cannot bind (twistd: print, exit 1).
+        self.on_config_error: Callable[[ConfigError], None] | None = None
+
+    def privilegedStartService(self) -> None:  # noqa: N802 - twisted API
+        """Bind the listeners; a port that cannot be bound is a configuration error."""
+        Service.privilegedStartService(self)
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except CannotListenError as e:
+                option = "--admin-listen" if child in self.admin_listeners else "--listen"
+                error = ConfigError(
+                    option, f"cannot listen on {e.interface or '*'}:{e.port}: {_why_bind(e)}"
+                )
+                if self.on_config_error is None:
+                    raise error from None
+                self.on_config_error(error)
 
     async def ports(self) -> list[IListeningPort]:
         """The bound ports of all listeners (after start-up), e.g. to learn port 0's."""
@@ -209,6 +252,11 @@ class RouterService(MultiService):
             await listener._waitingForPort  # noqa: SLF001 - the service keeps no public handle
             for listener in self.listeners + self.admin_listeners
         ]
+
+
+def _why_bind(error: CannotListenError) -> str:
+    reason = error.socketError
+    return getattr(reason, "strerror", None) or str(reason)
 
 
 def _listen(descriptions: tuple[str, ...], site: RouterSite, reactor: Any, option: str,
@@ -230,17 +278,8 @@ def makeService(config: Config, reactor: Any = None) -> RouterService:  # noqa: 
         reactor = global_reactor
     router, pool, http_pool = build_router(config, reactor)
     parent = RouterService(router)
-    # Children stop in reverse order: listeners first, the store last.
-    _StoreService(pool, router.usage).setServiceParent(parent)
+    StoreService(pool, router, reactor).setServiceParent(parent)
     _PoolService(http_pool).setServiceParent(parent)
-    revocation_poll = TimerService(
-        POLL_SECONDS, lambda: Deferred.fromCoroutine(router.revocations.refresh())
-    )
-    revocation_poll.clock = reactor
-    revocation_poll.setServiceParent(parent)
-    usage_flush = TimerService(POLL_SECONDS, lambda: Deferred.fromCoroutine(router.usage.flush()))
-    usage_flush.clock = reactor
-    usage_flush.setServiceParent(parent)
 
     tree, admin = router.resources()
     site = RouterSite(tree, reactor=reactor, max_body_size=config.max_body_size,

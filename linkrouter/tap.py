@@ -143,8 +143,11 @@ def _stop(line: str) -> NoReturn:
 def makeService(options: Options, reactor: Any = None) -> RouterService:  # noqa: N802
     """Build the router service from parsed options (see L{linkrouter.service})."""
     try:
-        return build_service(options.config, reactor)
+        service = build_service(options.config, reactor)
     except ConfigError as e:
         if reactor is not None:  # a caller that passes its own reactor handles errors
             raise
         _stop(str(e))
+    if reactor is None:
+        service.on_config_error = lambda error: _stop(str(error))
+    return service

@@ -165,8 +165,9 @@ def presented_token(request: IRequest) -> str | None:
     candidates: list[str] = []
     for raw in request.requestHeaders.getRawHeaders(b"authorization", []):
         scheme, _, value = raw.decode("latin-1").strip().partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            candidates.append(value.strip())
+        if scheme.lower() == "bearer":
+            if value.strip():
+                candidates.append(value.strip())
         elif raw.strip():
             candidates.append(raw.decode("latin-1").strip())
     for raw in request.requestHeaders.getRawHeaders(b"x-api-key", []):

@@ -98,10 +98,17 @@ class SDKTests(TestCase):
         """C{auth_token=la_sk_...} (Authorization: Bearer) works the same."""
         return Deferred.fromCoroutine(self._create("auth_token"))
 
-    async def test_stream_events_in_order(self) -> None:
-        """A streamed create yields the upstream's events, all of them, in order."""
+    def test_stream_events_in_order(self) -> Deferred[None]:
+        """A streamed create (api_key=) yields the upstream's events, in order."""
+        return Deferred.fromCoroutine(self._stream("api_key"))
+
+    def test_stream_with_auth_token(self) -> Deferred[None]:
+        """A streamed create with auth_token= works the same."""
+        return Deferred.fromCoroutine(self._stream("auth_token"))
+
+    async def _stream(self, how: str) -> None:
         running, token = await self._router()
-        client = sdk(running, token)
+        client = sdk(running, token, how)
         self.addCleanup(client.close)
 
         def stream() -> list[Any]:
@@ -296,6 +303,23 @@ class ReplayTests(TestCase):
     def test_claude_code_x_api_key(self) -> Deferred[None]:
         """Claude Code with ANTHROPIC_API_KEY (x-api-key: la_sk_...)."""
         return Deferred.fromCoroutine(self._replay("claude-code/anthropic-x-api-key.jsonl"))
+
+    async def test_claude_code_own_login_refused(self) -> None:
+        """
+        Claude Code still using its own OAuth login (not a router token) is refused with
+        a message that says what to send instead; its token never goes upstream.
+        """
+        running = await start_router(self)
+        [req] = fixture_requests("claude-code/anthropic-own-oauth-login.jsonl")
+        headers = {n.encode(): [v.encode()] for n, v in req["headers"]
+                   if n.lower() not in ("host", "content-length", "connection")}
+        response = await running.http.post(running.url + "/v1/messages?beta=true",
+                                           headers=headers, data=json.dumps(req["body"]).encode())
+        body = json.loads(await response.content())
+        self.assertEqual((response.code, body["error"]["type"]), (401, "authentication_error"))
+        self.assertIn("la_sk_", body["error"]["message"])
+        self.assertNotIn("sk-ant-oat01-test-oauth-token", json.dumps(body))
+        self.assertEqual(running.upstream.received, [])
 
     def test_python_sdk(self) -> Deferred[None]:
         """The Python SDK 2.12.0's recorded requests."""
