@@ -119,12 +119,16 @@ class UsageDelta:
 
 
 def redact_url(url: str) -> str:
-    """The database URL with any password replaced, for messages and logs."""
+    """The database URL with any password (user:pw@ or ?password=) replaced."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(":" + parts.password + "@", ":***@")
+    query = "&".join(
+        (item.split("=", 1)[0] + "=***") if item.lower().startswith("password=") else item
+        for item in parts.query.split("&")
+    ) if parts.query else ""
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class _Cursor(Protocol):
@@ -172,7 +176,7 @@ class Database:
             if self.kind == "sqlite":
                 self._prepare_file()
                 conn = sqlite3.connect(*args, **kwargs)  # type: ignore[arg-type]
-                conn.execute("PRAGMA journal_mode=WAL")
+                _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
                 return conn
             import psycopg
 
@@ -201,6 +205,20 @@ class Database:
         return Queries("?" if self.kind == "sqlite" else "%s", self.kind)
 
 
+def _retry_busy(operation: Callable[[], object], attempts: int = 150) -> None:
+    """Run a SQLite operation that fails at once (no busy wait) while another holds a lock."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            operation()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+
+
 def _reason(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
@@ -222,8 +240,11 @@ class Queries:
 
     def migrate(self, cursor: _Cursor) -> int:
         """Bring the schema to L{SCHEMA_VERSION}; return the version found before."""
+        # One migrator at a time, and all of a migration or none of it.
         if self.kind == "postgresql":
             cursor.execute("SELECT pg_advisory_xact_lock(7468212)")
+        else:
+            cursor.execute("BEGIN IMMEDIATE")
         cursor.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         cursor.execute("SELECT MAX(version) FROM schema_version")
         row = cursor.fetchone()
@@ -392,7 +413,9 @@ class RevocationCache:
 
     async def refresh(self) -> None:
         try:
-            self.revoked = await self.store.revoked_ids()
+            # A union: revocations are permanent, and one made here while the query ran
+            # must not be dropped by its result.
+            self.revoked = self.revoked | await self.store.revoked_ids()
         except Exception:  # noqa: BLE001 - keep the last good set and keep polling
             self._log.failure("Could not refresh the revocation list; keeping the last one")
 

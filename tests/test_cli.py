@@ -1,0 +1,446 @@
+"""
+The C{linkrouter} console script, called as the entry point calls it
+(C{linkrouter.cli.main(argv, environ, out)}), on a real SQLite file (the default store in
+the data directory) and on a real PostgreSQL database (C{DATABASE_URL}); and a running
+router honouring a revocation made with it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import sqlite3
+import stat
+import sys
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import treq
+from attrs import frozen
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from linkrouter import cli
+from linkrouter.tokens import TokenAuthority, TokenError, isoformat
+
+from . import pg
+from .harness import OAUTH_TOKEN, REFRESH_TOKEN, TOKEN_SECRET, start_router, write_claude_home
+
+#: The admin API's and the CLI's limits (linkrouter.admin).
+MAX_LABEL = 200
+PASSWORD = "s3cret-pw"
+
+
+@frozen
+class Outcome:
+    """What one run of the console script did."""
+
+    status: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def run_cli(case: SynchronousTestCase, argv: list[str], environ: dict[str, str]) -> Outcome:
+    """Run C{linkrouter ARGV} with exactly C{environ}, capturing stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    case.patch(sys, "stderr", err)
+    status = cli.main(list(argv), dict(environ), out)
+    return Outcome(status, out.getvalue(), err.getvalue())
+
+
+def authority(secret: str) -> TokenAuthority:
+    clock = Clock()
+    clock.advance(time.time())
+    return TokenAuthority(secret.encode("utf-8"), clock)
+
+
+class CLITestsMixin:
+    """The console script's behaviour; the backend comes from the concrete class."""
+
+    # provided by SynchronousTestCase
+    mktemp: Any
+    assertEqual: Any
+    assertNotEqual: Any
+    assertIn: Any
+    assertNotIn: Any
+    assertTrue: Any
+    assertFalse: Any
+    assertIsNone: Any
+    assertIsNotNone: Any
+    assertRaises: Any
+
+    def database_environ(self) -> dict[str, str]:
+        """The environment that points the CLI at this backend's store."""
+        raise NotImplementedError
+
+    def stored(self) -> dict[str, tuple[str, Any]]:
+        """Token id -> (label, revoked_at), read from the store behind the CLI's back."""
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.base = Path(self.mktemp()).resolve()
+        self.data_dir = self.base / "state"
+        self.no_login = self.base / "no-claude-login"
+        self.no_login.mkdir(parents=True)
+        self.secret = "cli-test-secret-" + secrets.token_hex(16)
+        self.environ = {
+            "LINKROUTER_DATA_DIR": str(self.data_dir),
+            "TOKEN_SECRET": self.secret,
+            "CLAUDE_CODE_HOME": str(self.no_login),
+            "HOME": str(self.base / "home"),
+        }
+        self.environ.update(self.database_environ())
+
+    def cli(self, *argv: str) -> Outcome:
+        return run_cli(self, list(argv), self.environ)  # type: ignore[arg-type]
+
+    def issue(self, label: str = "alice", ttl_hours: int = 2) -> dict[str, Any]:
+        outcome = self.cli("tokens", "issue", "--label", label, "--ttl-hours", str(ttl_hours))
+        self.assertEqual(outcome.status, 0, outcome.err)
+        return outcome.json()
+
+    def assertFailed(self, outcome: Outcome, *phrases: str) -> None:  # noqa: N802
+        """The command failed, printed nothing on stdout, and said why on stderr."""
+        self.assertNotEqual(outcome.status, 0)
+        self.assertEqual(outcome.out, "")
+        self.assertTrue(outcome.err.startswith("linkrouter: error:"), outcome.err)
+        for phrase in phrases:
+            self.assertIn(phrase, outcome.err)
+
+    def test_issue(self) -> None:
+        """
+        C{tokens issue --label alice --ttl-hours 2} prints the new token as JSON with its
+        id, label, TTL and expiry; the token verifies with the configured secret (and
+        only with it), and the store gains its id.
+        """
+        before = time.time()
+        issued = self.issue("alice", 2)
+        self.assertTrue(issued["token"].startswith("la_sk_"))
+        self.assertEqual(issued["label"], "alice")
+        self.assertEqual(issued["ttl_hours"], 2)
+        claims = authority(self.secret).verify(issued["token"])
+        self.assertEqual(claims.id, issued["id"])
+        self.assertEqual(str(uuid.UUID(issued["id"])), issued["id"])
+        self.assertEqual(claims.label, "alice")
+        self.assertEqual(claims.expires_at - claims.issued_at, 2 * 3600)
+        self.assertTrue(before - 1 <= claims.issued_at <= time.time() + 1)
+        self.assertEqual(issued["expires_at"], isoformat(claims.expires_at))
+        with self.assertRaises(TokenError):
+            authority("some-other-secret-" + secrets.token_hex(16)).verify(issued["token"])
+        self.assertEqual(self.stored(), {issued["id"]: ("alice", None)})
+
+    def test_list_table(self) -> None:
+        """
+        C{tokens list} prints a table with a header and one line per token showing its id
+        and label, and never a token.
+        """
+        alice, bob = self.issue("alice"), self.issue("bob")
+        outcome = self.cli("tokens", "list")
+        self.assertEqual(outcome.status, 0, outcome.err)
+        lines = outcome.out.splitlines()
+        self.assertEqual(lines[0].split()[:2], ["id", "label"])
+        self.assertEqual(len(lines), 3)
+        for issued in (alice, bob):
+            self.assertEqual(len([line for line in lines
+                                  if line.split()[:2] == [issued["id"], issued["label"]]]), 1)
+            self.assertNotIn(issued["token"].split(".")[-1], outcome.out)
+        self.assertNotIn("la_sk_", outcome.out)
+
+    def test_list_json(self) -> None:
+        """C{tokens list --json} lists every token's record, and never a token."""
+        alice, bob = self.issue("alice"), self.issue("bob")
+        outcome = self.cli("tokens", "list", "--json")
+        self.assertEqual(outcome.status, 0, outcome.err)
+        records = outcome.json()["tokens"]
+        self.assertEqual({(r["id"], r["label"]) for r in records},
+                         {(alice["id"], "alice"), (bob["id"], "bob")})
+        for record in records:
+            self.assertNotIn("token", record)
+            self.assertIsNone(record["revoked_at"])
+        self.assertNotIn("la_sk_", outcome.out)
+
+    def test_list_empty(self) -> None:
+        """C{tokens list --json} on a new store lists nothing and succeeds."""
+        outcome = self.cli("tokens", "list", "--json")
+        self.assertEqual((outcome.status, outcome.json()), (0, {"tokens": []}))
+
+    def test_show(self) -> None:
+        """C{tokens show ID} prints that token's record (not the token) as JSON."""
+        issued = self.issue("carol", 5)
+        self.issue("someone-else")
+        outcome = self.cli("tokens", "show", issued["id"])
+        self.assertEqual(outcome.status, 0, outcome.err)
+        record = outcome.json()
+        self.assertEqual((record["id"], record["label"], record["expires_at"],
+                          record["revoked_at"], record["revoked"], record["request_count"]),
+                         (issued["id"], "carol", issued["expires_at"], None, False, 0))
+        self.assertNotIn("la_sk_", outcome.out)
+
+    def test_show_accepts_uppercase_id(self) -> None:
+        """An id typed in upper case names the same token."""
+        issued = self.issue("upper")
+        outcome = self.cli("tokens", "show", issued["id"].upper())
+        self.assertEqual(outcome.status, 0, outcome.err)
+        self.assertEqual(outcome.json()["id"], issued["id"])
+
+    def test_revoke(self) -> None:
+        """
+        C{tokens revoke ID} stamps the token revoked in the store and prints the record;
+        revoking again succeeds and keeps the first revocation time; other tokens stay.
+        """
+        issued, other = self.issue("revoked"), self.issue("kept")
+        before = int(time.time())
+        first = self.cli("tokens", "revoke", issued["id"])
+        self.assertEqual(first.status, 0, first.err)
+        record = first.json()
+        self.assertEqual((record["id"], record["revoked"]), (issued["id"], True))
+        self.assertIsNotNone(record["revoked_at"])
+        self.assertTrue(isoformat(before) <= record["revoked_at"] <= isoformat(time.time()))
+        again = self.cli("tokens", "revoke", issued["id"])
+        self.assertEqual(again.status, 0, again.err)
+        self.assertEqual(again.json()["revoked_at"], record["revoked_at"])
+        shown = self.cli("tokens", "show", issued["id"]).json()
+        self.assertEqual(shown["revoked_at"], record["revoked_at"])
+        stored = self.stored()
+        self.assertIsNotNone(stored[issued["id"]][1])
+        self.assertIsNone(stored[other["id"]][1])
+
+    def test_unknown_id(self) -> None:
+        """
+        C{show} and C{revoke} of an id the store does not know exit non-zero, say so on
+        stderr naming the id, and create nothing.
+        """
+        self.issue("existing")
+        unknown = str(uuid.uuid4())
+        for command in ("show", "revoke"):
+            self.assertFailed(self.cli("tokens", command, unknown), "No token", unknown)
+        self.assertEqual(len(self.stored()), 1)
+
+    def test_garbage_id(self) -> None:
+        """Ids that are not UUIDs are refused with a message saying ids are UUIDs."""
+        for garbage in ("not-a-token-id", "'; DROP TABLE tokens; --", "la_sk_abc", ""):
+            for command in ("show", "revoke"):
+                self.assertFailed(self.cli("tokens", command, garbage), "UUID")
+        self.assertEqual(self.stored(), {})
+
+    def test_missing_id(self) -> None:
+        """C{tokens revoke} without an id is a usage error."""
+        outcome = self.cli("tokens", "revoke")
+        self.assertEqual(outcome.status, 2)
+        self.assertIn("linkrouter: error:", outcome.err)
+
+    def test_bad_ttl(self) -> None:
+        """
+        A TTL of zero, a negative one or an absurd one (over ten years) is refused with a
+        message about C{ttl_hours}, and no token is issued.
+        """
+        for ttl in ("0", "-1", "100000000"):
+            outcome = self.cli("tokens", "issue", "--label", "x", f"--ttl-hours={ttl}")
+            self.assertFailed(outcome, "ttl_hours")
+            self.assertNotIn("la_sk_", outcome.err)
+        self.assertEqual(self.stored(), {})
+
+    def test_non_numeric_ttl(self) -> None:
+        """A TTL that is not a whole number is a usage error, and no token is issued."""
+        for ttl in ("abc", "1.5"):
+            outcome = self.cli("tokens", "issue", "--ttl-hours", ttl)
+            self.assertNotEqual(outcome.status, 0)
+            self.assertEqual(outcome.out, "")
+            self.assertIn("linkrouter: error:", outcome.err)
+        self.assertEqual(self.stored(), {})
+
+    def test_long_label(self) -> None:
+        """A label over the limit is refused and nothing is issued; one at the limit works."""
+        self.assertFailed(self.cli("tokens", "issue", "--label", "x" * (MAX_LABEL + 1)),
+                          "label", str(MAX_LABEL))
+        self.assertEqual(self.stored(), {})
+        issued = self.issue("y" * MAX_LABEL)
+        self.assertEqual(self.stored(), {issued["id"]: ("y" * MAX_LABEL, None)})
+
+    def test_doctor_without_credential(self) -> None:
+        """
+        C{doctor} with no upstream credential anywhere exits 1 and says which check
+        failed and how to fix it.
+        """
+        outcome = self.cli("doctor")
+        self.assertEqual(outcome.status, 1, outcome.out)
+        failed = [line for line in outcome.out.splitlines() if line.startswith("FAIL")]
+        self.assertEqual(len(failed), 1, outcome.out)
+        self.assertIn("credential", failed[0])
+        self.assertIn("/login", failed[0])
+        self.assertNotIn(self.secret, outcome.out)
+
+    def test_doctor_with_credential(self) -> None:
+        """
+        C{doctor} with a valid Claude Code login configured exits 0 with every check ok,
+        and shows where the credential is without showing it.
+        """
+        home = self.base / "claude"
+        credentials = write_claude_home(home)
+        self.environ["CLAUDE_CODE_HOME"] = str(home)
+        outcome = self.cli("doctor")
+        self.assertEqual(outcome.status, 0, outcome.out + outcome.err)
+        lines = outcome.out.splitlines()
+        self.assertNotIn("FAIL", outcome.out)
+        for check in ("store", "credential"):
+            line = [x for x in lines if x.split()[1:2] == [check]]
+            self.assertEqual(len(line), 1, outcome.out)
+            self.assertTrue(line[0].startswith("ok"), line[0])
+        self.assertIn(str(credentials), outcome.out)
+        for secret in (OAUTH_TOKEN, REFRESH_TOKEN, self.secret):
+            self.assertNotIn(secret, outcome.out + outcome.err)
+
+
+class SQLiteCLITests(CLITestsMixin, SynchronousTestCase):
+    """The console script on the default store: SQLite in the data directory."""
+
+    def database_environ(self) -> dict[str, str]:
+        return {}
+
+    @property
+    def sqlite_file(self) -> Path:
+        return self.data_dir / "linkrouter.sqlite3"
+
+    def stored(self) -> dict[str, tuple[str, Any]]:
+        if not self.sqlite_file.exists():
+            return {}
+        with closing(sqlite3.connect(str(self.sqlite_file), timeout=15.0)) as conn:
+            return {row[0]: (row[1], row[2])
+                    for row in conn.execute("SELECT id, label, revoked_at FROM tokens")}
+
+    def test_default_store_location(self) -> None:
+        """
+        With no database option the store is C{linkrouter.sqlite3} in the data directory,
+        created readable by its owner only.
+        """
+        self.assertFalse(self.sqlite_file.exists())
+        issued = self.issue()
+        self.assertTrue(self.sqlite_file.exists())
+        self.assertEqual(stat.S_IMODE(os.stat(self.sqlite_file).st_mode), 0o600)
+        self.assertIn(issued["id"], self.stored())
+
+
+class PostgreSQLCLITests(CLITestsMixin, SynchronousTestCase):
+    """The console script on a PostgreSQL store given by C{DATABASE_URL}."""
+
+    def database_environ(self) -> dict[str, str]:
+        self.database_url = pg.fresh_database(self)
+        return {"DATABASE_URL": self.database_url}
+
+    def stored(self) -> dict[str, tuple[str, Any]]:
+        conn = pg.connect(self, self.database_url)
+        exists = conn.execute("SELECT to_regclass('tokens')").fetchone()
+        if not exists or exists[0] is None:
+            return {}
+        rows = conn.execute("SELECT id, label, revoked_at FROM tokens").fetchall()
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def test_store_is_postgresql(self) -> None:
+        """With C{DATABASE_URL} set, tokens go to PostgreSQL and no SQLite file appears."""
+        issued = self.issue()
+        self.assertIn(issued["id"], self.stored())
+        self.assertFalse((self.data_dir / "linkrouter.sqlite3").exists())
+
+    def test_unreachable_store(self) -> None:
+        """
+        When the database cannot be reached, C{tokens list} and C{doctor} fail with a
+        message that names the store without its password.
+        """
+        self.environ["DATABASE_URL"] = f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/x"
+        listed = self.cli("tokens", "list")
+        self.assertFailed(listed, "--database", "127.0.0.1:1")
+        self.assertNotIn(PASSWORD, listed.err)
+        doctor = self.cli("doctor")
+        self.assertEqual(doctor.status, 1)
+        store = [line for line in doctor.out.splitlines() if line.split()[1:2] == ["store"]]
+        self.assertEqual(len(store), 1, doctor.out)
+        self.assertTrue(store[0].startswith("FAIL"), store[0])
+        self.assertNotIn(PASSWORD, doctor.out + doctor.err)
+
+
+async def get_models(running: Any, token: str) -> tuple[int, bytes]:
+    """C{GET /v1/models} through the router with C{x-api-key}; (status, body)."""
+    response = await running.http.get(running.url + "/v1/models",
+                                      headers={"x-api-key": token}, timeout=2)
+    return response.code, await treq.content(response)
+
+
+class DaemonRevocationTests(TestCase):
+    """A running daemon honours a revocation made with the console script."""
+
+    timeout = 60
+    #: The contract (DESIGN.md section 4), and how long the test waits at most.
+    HONOURED_WITHIN = 2.0
+    WAIT_AT_MOST = 3.0
+
+    async def _revoke_while_running(self, database_url: str | None) -> None:
+        flags = {"database": database_url} if database_url else {}
+        running = await start_router(self, **flags)
+        config = running.router.config
+        issued = await running.issue("soon-revoked")
+        token = issued["token"]
+        code, body = await get_models(running, token)
+        self.assertEqual(code, 200, body)
+
+        # The CLI as an operator on the same host runs it: same data dir, token secret
+        # and (for PostgreSQL) database URL; for SQLite it finds the default file itself.
+        environ = {
+            "LINKROUTER_DATA_DIR": str(config.data_dir),
+            "TOKEN_SECRET": TOKEN_SECRET,
+            "CLAUDE_CODE_HOME": str(running.home),
+        }
+        if database_url:
+            environ["DATABASE_URL"] = database_url
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stderr", err)
+        status = await deferToThread(cli.main, ["tokens", "revoke", issued["id"]], environ, out)
+        revoked = time.monotonic()
+        self.assertEqual(status, 0, err.getvalue())
+        self.assertTrue(json.loads(out.getvalue())["revoked"])
+
+        served = 1
+        refused: tuple[float, bytes] | None = None
+        while time.monotonic() - revoked < self.WAIT_AT_MOST:
+            code, body = await get_models(running, token)
+            if code == 403:
+                refused = (time.monotonic() - revoked, body)
+                break
+            self.assertEqual(code, 200, body)
+            served += 1
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertIsNotNone(refused, f"still served {self.WAIT_AT_MOST} s after revocation")
+        assert refused is not None
+        elapsed, body = refused
+        self.assertLessEqual(elapsed, self.HONOURED_WITHIN,
+                             f"revocation took {elapsed:.2f} s to reach the daemon")
+        error = json.loads(body)
+        self.assertEqual((error["type"], error["error"]["type"]), ("error", "permission_error"))
+        self.assertIn(issued["id"], error["error"]["message"])
+        self.assertIn("revoked", error["error"]["message"])
+        self.assertNotIn(token, body.decode())
+        # the refused request never reached the upstream
+        self.assertEqual(len(running.upstream.received), served)
+
+    async def test_sqlite(self) -> None:
+        """
+        A token revoked with C{linkrouter tokens revoke} on the default SQLite store is
+        refused (403 permission_error) by the running daemon within two seconds.
+        """
+        await self._revoke_while_running(None)
+
+    async def test_postgresql(self) -> None:
+        """
+        A token revoked with C{linkrouter tokens revoke} on a shared PostgreSQL store is
+        refused (403 permission_error) by the running daemon within two seconds.
+        """
+        await self._revoke_while_running(pg.fresh_database(self))

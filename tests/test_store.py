@@ -1,0 +1,592 @@
+"""
+The token store against real databases: a SQLite file in the test's temporary directory
+and a fresh database on the local PostgreSQL server (see L{tests.pg}).
+
+Each behaviour is written once, in a mixin, and run on both backends: blocking (as the
+CLI and start-up use the store) in L{SynchronousTestCase}s, and through
+L{twisted.enterprise.adbapi} on the real reactor (as the daemon uses it) in L{TestCase}s.
+Failures are made for real (a renamed table, a closed port, a path under a file), never
+with a mock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import threading
+import uuid
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from linkrouter.store import (
+    SCHEMA_VERSION,
+    BlockingRunner,
+    Database,
+    RevocationCache,
+    StoreError,
+    TokenRecord,
+    TokenStore,
+    UsageDelta,
+    UsageRecorder,
+    prepare,
+)
+from linkrouter.tokens import TokenClaims
+
+from . import pg
+
+#: A fixed "now" for records, so expected values are exact.
+NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
+DAY = 24 * 3600
+PASSWORD = "s3cret-pw"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def make_record(label: str = "alice", created_at: int = NOW, token_id: str | None = None,
+                **extra: Any) -> TokenRecord:
+    return TokenRecord(id=token_id or new_id(), label=label, created_at=created_at,
+                       expires_at=created_at + DAY, **extra)
+
+
+class _Backend:
+    """What a backend-specific test case provides to the mixins."""
+
+    def new_database(self) -> Database:
+        """An empty database of this backend, removed after the test."""
+        raise NotImplementedError
+
+    def query(self, database: Database, statement: str) -> list[tuple[Any, ...]]:
+        """Run one statement on a separate, autocommitting connection; return its rows."""
+        raise NotImplementedError
+
+    def unopenable(self) -> list[str]:
+        """Database URLs of this backend that cannot be opened."""
+        raise NotImplementedError
+
+
+class SQLiteBackend(_Backend):
+    mktemp: Any
+
+    def new_database(self) -> Database:
+        path = Path(self.mktemp()).resolve() / "store" / "linkrouter.sqlite3"
+        return Database(f"sqlite:///{path}")
+
+    def query(self, database: Database, statement: str) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(str(database.sqlite_path), timeout=15.0, isolation_level=None)
+        with closing(conn):
+            return list(conn.execute(statement).fetchall())
+
+    def unopenable(self) -> list[str]:
+        blocker = Path(self.mktemp())
+        blocker.write_text("a regular file, not a directory\n")
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir()
+        return [
+            f"sqlite:///{blocker.resolve()}/sub/linkrouter.sqlite3",  # parent is a file
+            f"sqlite:///{directory}",  # the database path is a directory
+        ]
+
+
+class PostgreSQLBackend(_Backend):
+    def new_database(self) -> Database:
+        return Database(pg.fresh_database(self))  # type: ignore[arg-type]
+
+    def query(self, database: Database, statement: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(database.url, autocommit=True, connect_timeout=5) as conn:
+            cursor = conn.execute(statement)
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def unopenable(self) -> list[str]:
+        return [
+            # nothing listens on port 1
+            f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/x",
+            # the server answers, but there is no such database
+            f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/linkrouter_absent_{new_id()[:8]}",
+            f"postgres://postgres:{PASSWORD}@127.0.0.1:1/x",
+        ]
+
+
+class StoreTestsMixin(_Backend):
+    """The store's contract through blocking connections (the CLI's and start-up's path)."""
+
+    # provided by SynchronousTestCase
+    addCleanup: Any
+    assertEqual: Any
+    assertIn: Any
+    assertIsNone: Any
+    assertNotIn: Any
+    assertRaises: Any
+    assertFalse: Any
+    successResultOf: Any
+    failureResultOf: Any
+
+    def setUp(self) -> None:
+        self.database = self.new_database()
+
+    def store(self, database: Database | None = None) -> TokenStore:
+        """A prepared store on its own blocking connection, closed after the test."""
+        database = database or self.database
+        prepare(database)
+        connection = database.connect()
+        self.addCleanup(connection.close)
+        return TokenStore(database.queries(), BlockingRunner(connection))
+
+    def versions(self, database: Database) -> list[int]:
+        return [row[0] for row in self.query(
+            database, "SELECT version FROM schema_version ORDER BY version")]
+
+    def test_prepare_creates_schema(self) -> None:
+        """
+        C{prepare} on an empty database creates the schema at L{SCHEMA_VERSION}, reports
+        that it found version 0 and no revoked tokens, and leaves an empty tokens table.
+        """
+        self.assertEqual(prepare(self.database), (0, frozenset()))
+        self.assertEqual(self.versions(self.database), list(range(1, SCHEMA_VERSION + 1)))
+        self.assertEqual(self.query(self.database, "SELECT COUNT(*) FROM tokens"), [(0,)])
+
+    def test_prepare_is_idempotent(self) -> None:
+        """
+        A second C{prepare} finds the current version, applies nothing again, keeps the
+        data, and returns the ids revoked so far.
+        """
+        prepare(self.database)
+        store = self.store()
+        kept, revoked = make_record("kept"), make_record("revoked")
+        self.successResultOf(store.insert(kept))
+        self.successResultOf(store.insert(revoked))
+        self.successResultOf(store.revoke(revoked.id, NOW + 5))
+        self.assertEqual(prepare(self.database), (SCHEMA_VERSION, frozenset({revoked.id})))
+        self.assertEqual(self.versions(self.database), list(range(1, SCHEMA_VERSION + 1)))
+        self.assertEqual(self.successResultOf(store.get(kept.id)), kept)
+
+    def test_newer_schema_refused(self) -> None:
+        """
+        A store migrated by a newer linkrouter (a higher schema version) is refused with
+        a L{StoreError} that says to upgrade, and is left untouched.
+        """
+        prepare(self.database)
+        self.query(self.database,
+                   f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION + 1})")
+        with self.assertRaises(StoreError) as caught:
+            prepare(self.database)
+        message = str(caught.exception)
+        self.assertIn(f"schema version {SCHEMA_VERSION + 1}", message)
+        self.assertIn("upgrade linkrouter", message)
+        self.assertEqual(self.versions(self.database),
+                         list(range(1, SCHEMA_VERSION + 2)))
+
+    def test_concurrent_first_prepare(self) -> None:
+        """
+        Several processes opening the same brand-new store at once (the daemon's first
+        start and a CLI command, or two instances) all succeed, and the schema is
+        applied exactly once. Repeated on several fresh stores, since a race is a race.
+        """
+        for _ in range(8):
+            database = self.new_database()
+            barrier = threading.Barrier(4, timeout=30)
+            errors: list[str] = []
+
+            def open_store(database: Database = database,
+                           barrier: threading.Barrier = barrier,
+                           errors: list[str] = errors) -> None:
+                try:
+                    barrier.wait()
+                    prepare(database)
+                except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                    errors.append(f"{type(e).__name__}: {e}")
+
+            threads = [threading.Thread(target=open_store) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            self.assertFalse([t for t in threads if t.is_alive()], "prepare() hung")
+            self.assertEqual(errors, [])
+            self.assertEqual(self.versions(database), list(range(1, SCHEMA_VERSION + 1)))
+
+    def test_insert_then_get(self) -> None:
+        """C{get} returns exactly the record C{insert} stored, every field included."""
+        store = self.store()
+        record = make_record("alice", last_used_at=NOW + 60, request_count=2,
+                             input_tokens=30, output_tokens=40)
+        self.assertEqual(self.successResultOf(store.insert(record)), record)
+        self.assertEqual(self.successResultOf(store.get(record.id)), record)
+
+    def test_get_unknown(self) -> None:
+        """C{get} of an id the store has never seen is C{None}."""
+        store = self.store()
+        self.successResultOf(store.insert(make_record()))
+        self.assertIsNone(self.successResultOf(store.get(new_id())))
+
+    def test_list(self) -> None:
+        """C{list} returns every record, oldest first; an empty store lists nothing."""
+        store = self.store()
+        self.assertEqual(self.successResultOf(store.list()), [])
+        newest = make_record("newest", created_at=NOW + 20)
+        oldest = make_record("oldest", created_at=NOW)
+        middle = make_record("middle", created_at=NOW + 10)
+        for record in (newest, oldest, middle):
+            self.successResultOf(store.insert(record))
+        self.assertEqual(self.successResultOf(store.list()), [oldest, middle, newest])
+
+    def test_revoke_keeps_first_time(self) -> None:
+        """
+        C{revoke} stamps the revocation time and returns the record; revoking again
+        changes nothing (the first revocation time stays), and other tokens are untouched.
+        """
+        store = self.store()
+        record, other = make_record("alice"), make_record("bob")
+        self.successResultOf(store.insert(record))
+        self.successResultOf(store.insert(other))
+        first = self.successResultOf(store.revoke(record.id, NOW + 100))
+        self.assertEqual(first.revoked_at, NOW + 100)
+        self.assertEqual(first.label, "alice")
+        again = self.successResultOf(store.revoke(record.id, NOW + 999))
+        self.assertEqual(again.revoked_at, NOW + 100)
+        self.assertEqual(self.successResultOf(store.get(record.id)).revoked_at, NOW + 100)
+        self.assertIsNone(self.successResultOf(store.get(other.id)).revoked_at)
+
+    def test_revoke_unknown(self) -> None:
+        """C{revoke} of an unknown id returns C{None} and creates no row."""
+        store = self.store()
+        self.assertIsNone(self.successResultOf(store.revoke(new_id(), NOW)))
+        self.assertEqual(self.successResultOf(store.list()), [])
+
+    def test_revoked_ids(self) -> None:
+        """C{revoked_ids} is exactly the set of revoked token ids."""
+        store = self.store()
+        self.assertEqual(self.successResultOf(store.revoked_ids()), frozenset())
+        records = [make_record(f"t{i}") for i in range(3)]
+        for record in records:
+            self.successResultOf(store.insert(record))
+        self.successResultOf(store.revoke(records[0].id, NOW))
+        self.successResultOf(store.revoke(records[2].id, NOW + 1))
+        self.assertEqual(self.successResultOf(store.revoked_ids()),
+                         frozenset({records[0].id, records[2].id}))
+
+    def test_add_usage_creates_row(self) -> None:
+        """
+        Usage of a token the store has no row for (minted elsewhere with the same secret)
+        creates its row, with the label and times the delta carries.
+        """
+        store = self.store()
+        delta = UsageDelta(id=new_id(), label="elsewhere", created_at=NOW,
+                           expires_at=NOW + DAY, last_used_at=NOW + 30, requests=2,
+                           input_tokens=11, output_tokens=22)
+        self.successResultOf(store.add_usage([delta]))
+        self.assertEqual(
+            self.successResultOf(store.get(delta.id)),
+            TokenRecord(id=delta.id, label="elsewhere", created_at=NOW, expires_at=NOW + DAY,
+                        revoked_at=None, last_used_at=NOW + 30, request_count=2,
+                        input_tokens=11, output_tokens=22),
+        )
+
+    def test_add_usage_adds_to_existing_row(self) -> None:
+        """
+        Usage of a known token adds to its counters and moves C{last_used_at}; its label,
+        times and revocation are kept; several tokens are updated in one call.
+        """
+        store = self.store()
+        alice = make_record("alice", request_count=1, input_tokens=5, output_tokens=6)
+        bob = make_record("bob")
+        self.successResultOf(store.insert(alice))
+        self.successResultOf(store.insert(bob))
+        self.successResultOf(store.revoke(alice.id, NOW + 1))
+
+        def delta(record: TokenRecord, at: int, n: int, i: int, o: int) -> UsageDelta:
+            return UsageDelta(id=record.id, label="ignored", created_at=0, expires_at=0,
+                              last_used_at=at, requests=n, input_tokens=i, output_tokens=o)
+
+        self.successResultOf(store.add_usage([delta(alice, NOW + 10, 2, 100, 200),
+                                              delta(bob, NOW + 11, 1, 1, 2)]))
+        self.successResultOf(store.add_usage([delta(alice, NOW + 20, 3, 1000, 2000)]))
+        self.assertEqual(
+            self.successResultOf(store.get(alice.id)),
+            TokenRecord(id=alice.id, label="alice", created_at=NOW, expires_at=NOW + DAY,
+                        revoked_at=NOW + 1, last_used_at=NOW + 20, request_count=6,
+                        input_tokens=1105, output_tokens=2206),
+        )
+        got_bob = self.successResultOf(store.get(bob.id))
+        self.assertEqual((got_bob.label, got_bob.request_count, got_bob.input_tokens,
+                          got_bob.output_tokens, got_bob.last_used_at),
+                         ("bob", 1, 1, 2, NOW + 11))
+
+    def test_failed_operation_rolls_back(self) -> None:
+        """
+        An operation that fails (inserting an id twice) fails its Deferred, changes
+        nothing, and leaves the connection usable for the next operation.
+        """
+        store = self.store()
+        record = make_record("original")
+        self.successResultOf(store.insert(record))
+        self.failureResultOf(store.insert(make_record("duplicate", token_id=record.id)))
+        self.assertEqual(self.successResultOf(store.get(record.id)), record)
+        later = make_record("later", created_at=NOW + 1)
+        self.successResultOf(store.insert(later))
+        self.assertEqual(self.successResultOf(store.list()), [record, later])
+
+    def test_unopenable_database(self) -> None:
+        """
+        A database that cannot be opened raises L{StoreError} (not a driver exception)
+        from both C{connect} and C{prepare}, with a message naming the database without
+        its password.
+        """
+        for url in self.unopenable():
+            attempts = (lambda u=url: Database(u).connect(), lambda u=url: prepare(Database(u)))
+            for attempt in attempts:
+                with self.assertRaises(StoreError) as caught:
+                    attempt()
+                message = str(caught.exception)
+                self.assertIn("cannot open", message)
+                self.assertNotIn(PASSWORD, message)
+
+
+class SQLiteStoreTests(SQLiteBackend, StoreTestsMixin, SynchronousTestCase):
+    """The store's contract on a SQLite file."""
+
+    def test_file_mode(self) -> None:
+        """
+        The SQLite file (and its write-ahead log while in use) is created readable and
+        writable by its owner only (0600): it holds the list of valid token ids.
+        """
+        path = self.database.sqlite_path
+        self.assertFalse(path.exists())
+        store = self.store()
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.successResultOf(store.insert(make_record()))
+        for companion in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if companion.exists():
+                self.assertEqual(stat.S_IMODE(os.stat(companion).st_mode), 0o600, companion)
+
+    def test_existing_file_mode_kept(self) -> None:
+        """Opening an existing store file does not change its mode."""
+        path = self.database.sqlite_path
+        prepare(self.database)
+        path.chmod(0o640)
+        prepare(self.database)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o640)
+
+
+class PostgreSQLStoreTests(PostgreSQLBackend, StoreTestsMixin, SynchronousTestCase):
+    """The store's contract on a PostgreSQL database."""
+
+    def test_password_not_in_error(self) -> None:
+        """
+        When the server cannot be reached, the L{StoreError} says where it tried and
+        why, with the URL's password replaced.
+        """
+        url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/x"
+        with self.assertRaises(StoreError) as caught:
+            prepare(Database(url))
+        message = str(caught.exception)
+        self.assertNotIn(PASSWORD, message)
+        self.assertIn("127.0.0.1", message)
+        self.assertIn("postgres:***@127.0.0.1:1/x", message)
+
+    def test_query_password_not_in_error(self) -> None:
+        """
+        A password given as a URL parameter (libpq's C{?password=}) is hidden from the
+        L{StoreError} message too.
+        """
+        url = f"postgresql://postgres@127.0.0.1:1/x?password={PASSWORD}"
+        with self.assertRaises(StoreError) as caught:
+            prepare(Database(url))
+        self.assertNotIn(PASSWORD, str(caught.exception))
+
+    def test_postgres_scheme(self) -> None:
+        """A C{postgres://} URL (Heroku's spelling) opens the same database."""
+        prepare(self.database)
+        alias = Database(self.database.url.replace("postgresql://", "postgres://", 1))
+        self.assertEqual(prepare(alias), (SCHEMA_VERSION, frozenset()))
+
+
+class PoolTestsMixin(_Backend):
+    """
+    The daemon's path: the store through an adbapi pool on the real reactor, and the
+    revocation cache and usage recorder built on it.
+    """
+
+    addCleanup: Any
+    assertEqual: Any
+    assertIn: Any
+    assertNotIn: Any
+    assertIsNone: Any
+    flushLoggedErrors: Any
+
+    def setUp(self) -> None:
+        self.database = self.new_database()
+        prepare(self.database)
+        self.calls: list[str] = []
+        pool = self.database.pool(reactor)
+        self.addCleanup(pool.close)
+
+        def run(fn: Any, *args: Any) -> Any:
+            self.calls.append(fn.__name__)
+            return pool.runInteraction(fn, *args)
+
+        self.store = TokenStore(self.database.queries(), run)
+
+    def other_store(self) -> TokenStore:
+        """The same database through a different, blocking connection (as the CLI has)."""
+        connection = self.database.connect()
+        self.addCleanup(connection.close)
+        return TokenStore(self.database.queries(), BlockingRunner(connection))
+
+    def break_table(self) -> None:
+        """Make every query on the tokens table fail, for real, until L{mend_table}."""
+        self.query(self.database, "ALTER TABLE tokens RENAME TO tokens_away")
+
+    def mend_table(self) -> None:
+        self.query(self.database, "ALTER TABLE tokens_away RENAME TO tokens")
+
+    async def test_round_trip(self) -> None:
+        """
+        Through an adbapi pool, every store operation works and returns what the blocking
+        path returns.
+        """
+        record = make_record("pooled")
+        self.assertEqual(await self.store.insert(record), record)
+        self.assertEqual(await self.store.get(record.id), record)
+        self.assertIsNone(await self.store.get(new_id()))
+        self.assertEqual(await self.store.list(), [record])
+        revoked = await self.store.revoke(record.id, NOW + 7)
+        self.assertEqual(revoked.revoked_at, NOW + 7)
+        self.assertIsNone(await self.store.revoke(new_id(), NOW))
+        self.assertEqual(await self.store.revoked_ids(), frozenset({record.id}))
+        await self.store.add_usage([UsageDelta(id=record.id, label="", created_at=0,
+                                               expires_at=0, last_used_at=NOW + 9, requests=1,
+                                               input_tokens=2, output_tokens=3)])
+        used = await self.store.get(record.id)
+        self.assertEqual((used.request_count, used.input_tokens, used.output_tokens,
+                          used.last_used_at, used.revoked_at), (1, 2, 3, NOW + 9, NOW + 7))
+        self.assertEqual(await self.other_store().get(record.id), used)
+
+    async def test_revocation_from_another_connection(self) -> None:
+        """
+        C{RevocationCache.refresh} picks up a revocation committed through a different
+        connection (the CLI's, or another instance's), and only that one.
+        """
+        revoked, kept = make_record("revoked"), make_record("kept")
+        await self.store.insert(revoked)
+        await self.store.insert(kept)
+        cache = RevocationCache(self.store)
+        await cache.refresh()
+        self.assertNotIn(revoked.id, cache)
+        self.successResultOf(self.other_store().revoke(revoked.id, NOW))
+        await cache.refresh()
+        self.assertIn(revoked.id, cache)
+        self.assertNotIn(kept.id, cache)
+
+    async def test_revocations_kept_when_store_fails(self) -> None:
+        """
+        When the store cannot be read, C{refresh} logs the failure and keeps the last
+        known revocations (a revoked token must not come back to life); the next refresh
+        after the store recovers works again.
+        """
+        record = make_record("revoked")
+        await self.store.insert(record)
+        await self.store.revoke(record.id, NOW)
+        cache = RevocationCache(self.store)
+        await cache.refresh()
+        self.assertIn(record.id, cache)
+        self.break_table()
+        await cache.refresh()
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
+        self.assertIn(record.id, cache)
+        self.mend_table()
+        later = make_record("later")
+        await self.store.insert(later)
+        await self.other_store().revoke(later.id, NOW)
+        await cache.refresh()
+        self.assertEqual(cache.revoked, frozenset({record.id, later.id}))
+
+    async def test_usage_batched(self) -> None:
+        """
+        C{UsageRecorder} adds up several requests per token in memory and writes them in
+        one store call on flush: one row update per token, with summed counters and the
+        latest use time; a token with no row gets one; nothing is written when idle.
+        """
+        clock = Clock()
+        clock.advance(NOW + 100)
+        known = make_record("known")
+        await self.store.insert(known)
+        recorder = UsageRecorder(self.store, clock)
+        claims = TokenClaims(known.id, known.label, known.created_at, known.expires_at)
+        stranger = TokenClaims(new_id(), "stranger", NOW + 50, NOW + 50 + DAY)
+        recorder.record(claims, input_tokens=10, output_tokens=5)
+        clock.advance(3)
+        recorder.record(claims, input_tokens=20, output_tokens=7)
+        clock.advance(3)
+        recorder.record(claims, input_tokens=1, output_tokens=1)
+        recorder.record(stranger, input_tokens=4, output_tokens=2)
+        self.assertEqual(self.calls, ["insert"])
+        self.assertEqual(len(recorder.pending), 2)
+
+        await recorder.flush()
+        self.assertEqual(self.calls, ["insert", "add_usage"])
+        self.assertEqual(recorder.pending, {})
+        self.assertEqual(
+            await self.store.get(known.id),
+            TokenRecord(id=known.id, label="known", created_at=NOW, expires_at=NOW + DAY,
+                        last_used_at=NOW + 106, request_count=3, input_tokens=31,
+                        output_tokens=13),
+        )
+        self.assertEqual(
+            await self.store.get(stranger.id),
+            TokenRecord(id=stranger.id, label="stranger", created_at=NOW + 50,
+                        expires_at=NOW + 50 + DAY, last_used_at=NOW + 106, request_count=1,
+                        input_tokens=4, output_tokens=2),
+        )
+        await recorder.flush()
+        self.assertEqual(self.calls.count("add_usage"), 1)
+
+    async def test_usage_kept_when_store_fails(self) -> None:
+        """
+        When writing usage fails, the recorder logs it and keeps the counts, adding
+        later usage to them; once the store works again the next flush writes them all.
+        """
+        clock = Clock()
+        clock.advance(NOW + 100)
+        record = make_record("metered")
+        await self.store.insert(record)
+        recorder = UsageRecorder(self.store, clock)
+        claims = TokenClaims(record.id, record.label, record.created_at, record.expires_at)
+        recorder.record(claims, input_tokens=10, output_tokens=5)
+        recorder.record(claims, input_tokens=10, output_tokens=5)
+
+        self.break_table()
+        await recorder.flush()
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
+        pending = recorder.pending[record.id]
+        self.assertEqual((pending.requests, pending.input_tokens, pending.output_tokens),
+                         (2, 20, 10))
+        clock.advance(5)
+        recorder.record(claims, input_tokens=1, output_tokens=2)
+
+        self.mend_table()
+        await recorder.flush()
+        self.assertEqual(recorder.pending, {})
+        stored = await self.store.get(record.id)
+        self.assertEqual((stored.request_count, stored.input_tokens, stored.output_tokens,
+                          stored.last_used_at), (3, 21, 12, NOW + 105))
+
+
+class SQLitePoolTests(SQLiteBackend, PoolTestsMixin, TestCase):
+    """The daemon's store path on a SQLite file."""
+
+    timeout = 60
+
+
+class PostgreSQLPoolTests(PostgreSQLBackend, PoolTestsMixin, TestCase):
+    """The daemon's store path on a PostgreSQL database."""
+
+    timeout = 60
