@@ -27,6 +27,7 @@ class AccessNote:
     upstream_status: int | None = None
     sent_bytes: int = 0
     credential_source: str | None = None
+    account_id: str | None = None
     logged: bool = False
 
 
@@ -49,6 +50,7 @@ def log_access(request: IRequest, verbose: bool = False, status: object = None) 
     if verbose:
         extra = (
             f" upstream_status={access.upstream_status or '-'} bytes={access.sent_bytes}"
+            f" account={access.account_id or '-'}"
             f" credential={access.credential_source or '-'}"
         )
     _log.info(

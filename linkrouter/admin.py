@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_admin -*-
 """
-The admin API: issue, list, show and revoke router tokens.
+The admin API: issue, list, show and revoke router tokens; show upstream accounts.
 
 Every call needs C{Authorization: Bearer <admin key>}, compared in constant time. The
 request and response of C{POST /api/tokens} keep link-assistant-router's field names
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from attrs import frozen
@@ -148,15 +149,14 @@ def _token_id(text: str) -> str:
         raise APIError(404, "No such token: token ids are UUIDs.", "not_found_error") from None
 
 
-class AdminResource(Resource):
-    """C{/api/tokens} and C{/api/tokens/{id}}, behind the admin key."""
+class _AdminResource(Resource):
+    """An admin endpoint: checks the admin key, answers JSON (or an Anthropic error)."""
 
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, admin: TokenAdmin, admin_key: str, key_hint: str) -> None:
+    def __init__(self, admin_key: str, key_hint: str) -> None:
         super().__init__()
-        self._admin = admin
         self._key = admin_key.encode("utf-8")
         self._hint = key_hint
 
@@ -172,7 +172,7 @@ class AdminResource(Resource):
             )
 
     def render(self, request: IRequest) -> int | bytes:
-        d = Deferred.fromCoroutine(self._dispatch(request))
+        d = Deferred.fromCoroutine(self._authorized_dispatch(request))
         finished = []
         request.notifyFinish().addBoth(finished.append)
 
@@ -199,9 +199,22 @@ class AdminResource(Resource):
         d.addErrback(lambda f: self._log.failure("Admin response failed", f))
         return NOT_DONE_YET
 
-    async def _dispatch(self, request: IRequest) -> dict[str, Any]:
+    async def _authorized_dispatch(self, request: IRequest) -> dict[str, Any]:
         self._authorized(request)
-        segments = [s for s in request.postpath if s]
+        return await self._dispatch(request, [s for s in request.postpath if s])
+
+    async def _dispatch(self, request: IRequest, segments: list[bytes]) -> dict[str, Any]:
+        raise APIError(404, "No such admin route.", "not_found_error")
+
+
+class TokensResource(_AdminResource):
+    """C{/api/tokens} and C{/api/tokens/{id}}."""
+
+    def __init__(self, admin: TokenAdmin, admin_key: str, key_hint: str) -> None:
+        super().__init__(admin_key, key_hint)
+        self._admin = admin
+
+    async def _dispatch(self, request: IRequest, segments: list[bytes]) -> dict[str, Any]:
         method = request.method
         if not segments:
             if method == b"POST":
@@ -219,7 +232,32 @@ class AdminResource(Resource):
             if method == b"DELETE":
                 return await self._admin.revoke(token_id)
             raise _not_allowed(request, b"GET, DELETE")
-        raise APIError(404, "No such admin route.", "not_found_error")
+        return await super()._dispatch(request, segments)
+
+
+class AccountsResource(_AdminResource):
+    """C{GET /api/accounts}: each upstream account's health (never a token)."""
+
+    def __init__(self, describe: Callable[[], dict[str, Any]], admin_key: str,
+                 key_hint: str) -> None:
+        super().__init__(admin_key, key_hint)
+        self._describe = describe
+
+    async def _dispatch(self, request: IRequest, segments: list[bytes]) -> dict[str, Any]:
+        if segments:
+            return await super()._dispatch(request, segments)
+        if request.method != b"GET":
+            raise _not_allowed(request, b"GET")
+        return self._describe()
+
+
+def admin_resources(admin: TokenAdmin, describe_accounts: Callable[[], dict[str, Any]],
+                    admin_key: str, key_hint: str) -> dict[bytes, Resource]:
+    """The admin endpoints, by their name under C{/api}."""
+    return {
+        b"tokens": TokensResource(admin, admin_key, key_hint),
+        b"accounts": AccountsResource(describe_accounts, admin_key, key_hint),
+    }
 
 
 def _not_allowed(request: IRequest, allowed: bytes) -> APIError:

@@ -24,9 +24,10 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from linkrouter.accounts import AccountPool, AccountUnavailable, build_accounts
 from linkrouter.admin import IssueRequest, TokenAdmin
 from linkrouter.config import Config, ConfigError, load_secrets
-from linkrouter.credentials import CredentialChain, claude_homes
+from linkrouter.credentials import claude_homes
 from linkrouter.errors import APIError
 from linkrouter.store import (
     BlockingRunner,
@@ -206,17 +207,29 @@ def doctor(config: Config, out: TextIO) -> int:
         report(True, "store", f"{redact_url(config.database)} ({len(revoked)} revoked)")
     except StoreError as e:
         report(False, "store", str(e))
-    chain = CredentialChain(
+    accounts = build_accounts(
         config.upstream_api_key, config.oauth_token,
         claude_homes(config.claude_code_homes, WallClock(), maybeDeferred),
+        WallClock(), None, maybeDeferred, config.refresh_margin,
     )
-    try:
-        credential = run_now(chain.current())
+    usable = 0
+    for account in accounts:
+        try:
+            credential = run_now(account.credential())
+        except AccountUnavailable as e:
+            report(None, "account", f"{account.id}: {e}")
+            continue
+        usable += 1
         expired = credential.expires_at is not None and credential.expires_at < time.time()
-        report(None if expired else True, "credential",
-               credential.describe() + (" (EXPIRED: log in again)" if expired else ""))
-    except APIError as e:
-        report(False, "credential", e.message)
+        refreshable = " (refreshable)" if credential.refresh_token else ""
+        report(None if expired else True, "account",
+               f"{account.id}: {credential.describe()}{refreshable}"
+               + (" (EXPIRED: the router will refresh it)" if expired and refreshable else "")
+               + (" (EXPIRED: log in again)" if expired and not refreshable else ""))
+    if not usable:
+        report(False, "credential", AccountPool(accounts, WallClock()).missing_message([]))
+    else:
+        report(True, "credential", f"{usable} of {len(accounts)} account(s) usable")
     report(True, "upstream", config.upstream)
     return 1 if problems else 0
 

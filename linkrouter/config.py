@@ -26,6 +26,9 @@ DEFAULT_UPSTREAM = "https://api.anthropic.com"
 DEFAULT_OAUTH_TOKEN_URL = "https://platform.claude.com/v1/oauth/token"  # noqa: S105
 DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
 DEFAULT_UPSTREAM_TIMEOUT = 600.0
+DEFAULT_MAX_COOLDOWN = 5 * 3600.0
+DEFAULT_REFRESH_MARGIN = 60.0
+CLAUDE_CODE_CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - the seed's default: a team router listens for the team
 DEFAULT_PORT = 8080
 _TRUE = {"1", "true", "yes", "on"}
@@ -62,6 +65,9 @@ class Config:
     max_body_size: int
     upstream_timeout: float
     verbose: bool
+    max_cooldown: float = DEFAULT_MAX_COOLDOWN
+    refresh_margin: float = DEFAULT_REFRESH_MARGIN
+    oauth_client_id: str = CLAUDE_CODE_CLIENT_ID
 
 
 def _pick(raw: Mapping[str, object], env: Mapping[str, str], key: str, *names: str) -> str | None:
@@ -124,6 +130,22 @@ def default_data_dir(env: Mapping[str, str]) -> Path:
         return Path(env["XDG_STATE_HOME"]) / "linkrouter"
     home = Path(env.get("HOME") or Path.home())
     return home / ".local" / "state" / "linkrouter"
+
+
+def _seconds(raw: Mapping[str, object], env: Mapping[str, str], key: str, name: str,
+             default: float, allow_zero: bool = False) -> float:
+    """A duration flag: seconds, or with a unit (90s, 15m, 5h)."""
+    option = "--" + key.replace("_", "-")
+    text = _pick(raw, env, key, name)
+    if not text:
+        return default
+    match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$", text.lower())
+    if not match:
+        raise ConfigError(option, f"{text!r} is not a duration (seconds, or e.g. 90s, 15m, 5h)")
+    value = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(option, "must be greater than zero")
+    return value
 
 
 def _default_listen(env: Mapping[str, str]) -> str:
@@ -192,13 +214,12 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
     size_text = _pick(raw, env, "max_body_size", "LINKROUTER_MAX_BODY_SIZE")
     max_body = parse_size("--max-body-size", size_text) if size_text else DEFAULT_MAX_BODY_SIZE
 
-    timeout_text = _pick(raw, env, "upstream_timeout", "LINKROUTER_UPSTREAM_TIMEOUT")
-    try:
-        timeout = float(timeout_text) if timeout_text else DEFAULT_UPSTREAM_TIMEOUT
-    except ValueError:
-        raise ConfigError("--upstream-timeout", f"{timeout_text!r} is not a number") from None
-    if not timeout > 0:
-        raise ConfigError("--upstream-timeout", "must be greater than zero")
+    timeout = _seconds(raw, env, "upstream_timeout", "LINKROUTER_UPSTREAM_TIMEOUT",
+                       DEFAULT_UPSTREAM_TIMEOUT)
+    max_cooldown = _seconds(raw, env, "max_cooldown", "LINKROUTER_MAX_COOLDOWN",
+                            DEFAULT_MAX_COOLDOWN)
+    margin = _seconds(raw, env, "refresh_margin", "LINKROUTER_REFRESH_MARGIN",
+                      DEFAULT_REFRESH_MARGIN, allow_zero=True)
 
     verbose = bool(raw.get("verbose")) or parse_bool("VERBOSE", env.get("VERBOSE", ""))
 
@@ -235,6 +256,10 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         max_body_size=max_body,
         upstream_timeout=timeout,
         verbose=verbose,
+        max_cooldown=max_cooldown,
+        refresh_margin=margin,
+        oauth_client_id=_pick(raw, env, "oauth_client_id", "OAUTH_CLIENT_ID")
+        or CLAUDE_CODE_CLIENT_ID,
     )
 
 

@@ -2,12 +2,12 @@
 """
 Where the upstream credential comes from.
 
-In order: an Anthropic API key (C{--upstream-api-key}), an OAuth token
-(C{--oauth-token} / C{CLAUDE_CODE_OAUTH_TOKEN}, e.g. from C{claude setup-token}), then each
-Claude Code home: C{.credentials.json} in Claude Code's own format
-(C{{"claudeAiOauth": {"accessToken", "refreshToken", "expiresAt"}}}) and then the flat files
+An Anthropic API key (C{--upstream-api-key}), an OAuth token (C{--oauth-token} /
+C{CLAUDE_CODE_OAUTH_TOKEN}, e.g. from C{claude setup-token}), or a Claude Code home: its
+C{.credentials.json} in Claude Code's own format
+(C{{"claudeAiOauth": {"accessToken", "refreshToken", "expiresAt"}}}), then the flat files
 and fields link-assistant-router reads. Files are re-read when they change on disk, from a
-thread, at most once a second.
+thread, at most once a second. (L{linkrouter.accounts} turns these into a pool.)
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from linkrouter.errors import APIError
 from linkrouter.tokens import isoformat
 
 T = TypeVar("T")
@@ -126,10 +125,19 @@ class ClaudeHome:
         names = [CLAUDE_CODE_FILE] + [n for n in FLAT_FILES if n != CLAUDE_CODE_FILE]
         return [self.directory / n for n in names]
 
-    async def credential(self) -> Credential | None:
-        """The directory's credential, re-read if a file changed (checked once a second)."""
+    @property
+    def path(self) -> Path:
+        """Claude Code's own credentials file, where refreshed logins are written."""
+        return self.directory / CLAUDE_CODE_FILE
+
+    async def credential(self, force: bool = False) -> Credential | None:
+        """
+        The directory's credential, re-read if a file changed (checked once a second,
+        or now when C{force} is set).
+        """
         now = self.clock.seconds()
-        if self._checked_at is not None and now - self._checked_at < RECHECK_SECONDS:
+        fresh = self._checked_at is not None and now - self._checked_at < RECHECK_SECONDS
+        if fresh and not force:
             return self._current
         waiter: Deferred[Credential | None] = Deferred()
         self._waiters.append(waiter)
@@ -180,45 +188,6 @@ class ClaudeHome:
             self._log.warn("{path} is not valid JSON; skipping it", path=str(path))
             return None
         return credential_from_json(data, str(path))
-
-
-class NoCredential(APIError):
-    """No upstream credential anywhere; the message lists where the router looked."""
-
-
-@define
-class CredentialChain:
-    """The upstream credential, from the first source in order that has one."""
-
-    api_key: str | None = field(repr=False)
-    oauth_token: str | None = field(repr=False)
-    homes: list[ClaudeHome]
-
-    async def current(self) -> Credential:
-        """
-        The credential to use now.
-
-        @raise NoCredential: (502) when no source has one.
-        """
-        if self.api_key:
-            return Credential("api_key", self.api_key, "--upstream-api-key")
-        if self.oauth_token:
-            return Credential("oauth", self.oauth_token, "--oauth-token")
-        for home in self.homes:
-            found = await home.credential()
-            if found is not None:
-                return found
-        raise NoCredential(502, self.missing_message(), "api_error")
-
-    def missing_message(self) -> str:
-        places = ", ".join(str(h.directory / CLAUDE_CODE_FILE) for h in self.homes) or "(none)"
-        return (
-            "linkrouter has no upstream Claude credential. It looked at --upstream-api-key "
-            "(UPSTREAM_API_KEY), --oauth-token (CLAUDE_CODE_OAUTH_TOKEN) and the Claude Code "
-            f"homes {places} (and {', '.join(FLAT_FILES)} beside them). Fix: run `claude` "
-            "and `/login` as the user the router runs as (or point --claude-code-home at that "
-            "login's directory), or set CLAUDE_CODE_OAUTH_TOKEN from `claude setup-token`."
-        )
 
 
 def claude_homes(

@@ -11,6 +11,7 @@ memory. A client that goes away cancels the upstream request or closes its conne
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import treq
@@ -28,6 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from linkrouter.access import AccessNote, log_access, note
+from linkrouter.accounts import AccountPool, AccountUnavailable
 from linkrouter.credentials import Credential
 from linkrouter.errors import APIError, write_error
 from linkrouter.metering import UsageMeter
@@ -134,8 +136,19 @@ def downstream_headers(upstream: Headers, into: Headers) -> None:
             into.setRawHeaders(name, list(values))
 
 
-class CredentialSource(Protocol):
-    async def current(self) -> Credential: ...
+async def read_small(response: Any, limit: int = 1024 * 1024) -> bytes:
+    """Read a small answer (an error) to the end; stop reading past C{limit} bytes."""
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size <= limit:
+            chunks.append(data)
+
+    await treq.collect(response, collect)
+    return b"".join(chunks)
 
 
 class UsageSink(Protocol):
@@ -223,7 +236,7 @@ class MessagesProxy:
         upstream path.
     """
 
-    credentials: CredentialSource
+    pool: AccountPool
     upstream: Upstream
     usage: UsageSink
     strip_prefix: bytes = b""
@@ -269,18 +282,77 @@ class MessagesProxy:
         return self.upstream.base_url + uri.decode("ascii", "replace")
 
     async def _exchange(self, exchange: _Exchange) -> None:
+        """
+        Try the pool's accounts in order until one answers with something other than a
+        429: a 429 rests that account and moves on (nothing has reached the client yet);
+        a 401 on an OAuth login refreshes it and retries once.
+        """
         request = exchange.request
-        credential = await self.credentials.current()
-        exchange.note.credential_source = credential.source
-        if exchange.gone:
-            return
+        session = (request.requestHeaders.getRawHeaders(b"x-claude-code-session-id")
+                   or [b""])[0].decode("latin-1") or None
         url = self.upstream_url(request)
-        headers = upstream_headers(request.requestHeaders, credential)
-        response = await self._send(exchange, request.method, url, headers,
-                                    body_producer(request, self.upstream.cooperator))
-        if exchange.gone:
+        rate_limited: tuple[Any, bytes] | None = None
+        problems: list[str] = []
+        for account in self.pool.candidates(session):
+            try:
+                credential = await account.credential()
+            except AccountUnavailable as e:
+                problems.append(f"account {account.id}: {e}")
+                continue
+            if exchange.gone:
+                return
+            exchange.note.account_id = account.id
+            response = await self._attempt(exchange, url, credential)
+            self.pool.observe(account, response.headers)
+            if response.code == 401 and credential.is_oauth:
+                renewed = await account.refresh_after_rejection(credential)
+                if renewed is not None and not exchange.gone:
+                    await read_small(response)
+                    response = await self._attempt(exchange, url, renewed)
+                    self.pool.observe(account, response.headers)
+            if exchange.gone:
+                return
+            if response.code == 429:
+                body = await read_small(response)
+                self.pool.cool_down(account, response.headers)
+                rate_limited = (response, body)
+                continue
+            self.pool.served(account, session)
+            await self._relay(exchange, response)
             return
-        await self._relay(exchange, response)
+        self._exhausted(exchange, rate_limited, problems)
+
+    async def _attempt(self, exchange: _Exchange, url: str, credential: Credential) -> Any:
+        request = exchange.request
+        exchange.note.credential_source = credential.source
+        headers = upstream_headers(request.requestHeaders, credential)
+        return await self._send(exchange, request.method, url, headers,
+                                body_producer(request, self.upstream.cooperator))
+
+    def _exhausted(self, exchange: _Exchange, rate_limited: tuple[Any, bytes] | None,
+                   problems: list[str]) -> None:
+        """No account could serve: relay the last 429, or say why none could."""
+        request = exchange.request
+        retry_at = self.pool.next_available()
+        retry_after = None
+        if retry_at is not None:
+            retry_after = str(max(1, math.ceil(retry_at - self.upstream.reactor.seconds())))
+        if rate_limited is not None:
+            response, body = rate_limited
+            exchange.note.upstream_status = response.code
+            request.setResponseCode(response.code, response.phrase or None)
+            downstream_headers(response.headers, request.responseHeaders)
+            if retry_after is not None:
+                request.responseHeaders.setRawHeaders(b"retry-after", [retry_after.encode()])
+            self.usage.record(exchange.claims)
+            request.write(body)
+            request.finish()
+            return
+        if retry_after is not None:
+            request.responseHeaders.setRawHeaders(b"retry-after", [retry_after.encode()])
+            raise APIError(429, "Every upstream account is rate limited; retry after "
+                           f"{retry_after} seconds.", "rate_limit_error")
+        raise APIError(502, self.pool.missing_message(problems), "api_error")
 
     async def _send(
         self, exchange: _Exchange, method: bytes, url: str, headers: Headers,

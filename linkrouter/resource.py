@@ -6,7 +6,7 @@ The resource tree and the site that serves it.
     HEAD /, HEAD /api/hello         Claude Code's start-up probes, no auth
     /v1/...                         Messages dialect (token gate -> proxy)
     /api/latest/anthropic/...       the same, legacy prefix stripped
-    /api/tokens[/{id}]              admin API (unless it has listeners of its own)
+    /api/tokens[/{id}], /api/accounts   admin API (unless it has listeners of its own)
     /model/..., /inference-profiles, .../projects/...   Bedrock and Vertex dialects
 
 The site's requests refuse an oversized body from its C{Content-Length} before reading
@@ -15,6 +15,7 @@ it, and stop reading a chunked body once it passes the limit.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.web import http, server
@@ -104,7 +105,7 @@ def not_served(dialect: str) -> ErrorResource:
 def build_tree(
     messages: IResource,
     legacy_messages: IResource,
-    admin: IResource | None,
+    admin: Mapping[bytes, IResource] | None,
     api_formats: frozenset[str],
     bedrock: IResource | None = None,
     vertex: IResource | None = None,
@@ -114,7 +115,8 @@ def build_tree(
 
     @param messages: serves C{/v1/...} (already behind the token gate).
     @param legacy_messages: serves C{/api/latest/anthropic/...}.
-    @param admin: the admin API, or C{None} when it has listeners of its own.
+    @param admin: the admin endpoints by name under C{/api}, or C{None} when the admin
+        API has listeners of its own.
     @param bedrock: serves Bedrock paths, or C{None} (not available yet: 404).
     @param vertex: serves Vertex paths, or C{None} (not available yet: 404).
     """
@@ -143,18 +145,19 @@ def build_tree(
     latest.putChild(b"anthropic", Branch(anthropic_legacy))
     api.putChild(b"latest", latest)
     api.putChild(b"hello", PlainText(b""))
-    if admin is not None:
-        api.putChild(b"tokens", admin)
+    for name, endpoint in (admin or {}).items():
+        api.putChild(name, endpoint)
     root.putChild(b"api", api)
     return root
 
 
-def admin_tree(admin: IResource) -> Resource:
+def admin_tree(admin: Mapping[bytes, IResource]) -> Resource:
     """The tree served on C{--admin-listen} endpoints: the admin API and /health only."""
     root = Root()
     root.putChild(b"health", PlainText(b"ok"))
     api = Resource()
-    api.putChild(b"tokens", admin)
+    for name, endpoint in admin.items():
+        api.putChild(name, endpoint)
     root.putChild(b"api", api)
     return root
 

@@ -32,9 +32,11 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
-from linkrouter.admin import AdminResource, TokenAdmin
+from linkrouter.accounts import AccountPool, build_accounts
+from linkrouter.admin import TokenAdmin, admin_resources
 from linkrouter.config import Config, ConfigError, Secrets, load_secrets
-from linkrouter.credentials import CredentialChain, claude_homes
+from linkrouter.credentials import claude_homes
+from linkrouter.oauth import TokenEndpoint
 from linkrouter.proxy import MessagesProxy, TokenGate, Upstream
 from linkrouter.resource import RouterSite, admin_tree, build_tree
 from linkrouter.store import (
@@ -100,7 +102,7 @@ class Router:
     revocations: RevocationCache
     usage: UsageRecorder
     gatekeeper: Gatekeeper
-    credentials: CredentialChain
+    pool: AccountPool
     upstream: Upstream
     admin: TokenAdmin
 
@@ -111,7 +113,7 @@ class Router:
         def proxy(strip: bytes) -> IResource:
             return TokenGate(
                 self.gatekeeper,
-                MessagesProxy(self.credentials, self.upstream, self.usage, strip, config.verbose),
+                MessagesProxy(self.pool, self.upstream, self.usage, strip, config.verbose),
             )
 
         hint = (
@@ -119,7 +121,7 @@ class Router:
             if not self.secrets.admin_key_source.startswith("--")
             else "set by --admin-key"
         )
-        admin = AdminResource(self.admin, self.secrets.admin_key, hint)
+        admin = admin_resources(self.admin, self.pool.to_json, self.secrets.admin_key, hint)
         separate = bool(config.admin_listen)
         tree = build_tree(
             proxy(b""), proxy(b"/api/latest/anthropic"), None if separate else admin,
@@ -197,18 +199,27 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, adbapi.Connectio
     usage = UsageRecorder(store, reactor)
     authority = TokenAuthority(secrets.token_secret.encode("utf-8"), reactor)
     gatekeeper = Gatekeeper(authority, revocations.__contains__)
-    credentials = CredentialChain(
-        config.upstream_api_key,
-        config.oauth_token,
-        claude_homes(config.claude_code_homes, reactor, deferToThread),
-    )
     client, http_pool = http_client(reactor)
+    endpoint = TokenEndpoint(client, config.oauth_token_url, reactor, config.oauth_client_id)
+    accounts = AccountPool(
+        build_accounts(
+            config.upstream_api_key,
+            config.oauth_token,
+            claude_homes(config.claude_code_homes, reactor, deferToThread),
+            reactor,
+            endpoint,
+            deferToThread,
+            config.refresh_margin,
+        ),
+        reactor,
+        config.max_cooldown,
+    )
     upstream = Upstream(
         client, config.upstream, reactor, Cooperator(scheduler=_scheduler(reactor)),
         config.upstream_timeout,
     )
     admin = TokenAdmin(authority, store, revocations, reactor)
-    router = Router(config, secrets, store, revocations, usage, gatekeeper, credentials,
+    router = Router(config, secrets, store, revocations, usage, gatekeeper, accounts,
                     upstream, admin)
     return router, pool, http_pool
 

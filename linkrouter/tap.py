@@ -77,6 +77,15 @@ class Options(usage.Options):
         ["max-body-size", None, None,
          f"Largest request body accepted, bytes or e.g. 32MiB. [env: LINKROUTER_MAX_BODY_SIZE; "
          f"default {DEFAULT_MAX_BODY_SIZE}]"],
+        ["max-cooldown", None, None,
+         "Longest rest for a rate-limited account, e.g. 5h. [env: LINKROUTER_MAX_COOLDOWN; "
+         "default 5h]"],
+        ["refresh-margin", None, None,
+         "Refresh an OAuth login this many seconds before it expires. "
+         "[env: LINKROUTER_REFRESH_MARGIN; default 60]"],
+        ["oauth-client-id", None, None,
+         "OAuth client id used when refreshing Claude logins. [env: OAUTH_CLIENT_ID; "
+         "default Claude Code's]"],
         ["upstream-timeout", None, None,
          f"Seconds to wait for the upstream's response headers before answering 504. "
          f"[env: LINKROUTER_UPSTREAM_TIMEOUT; default {DEFAULT_UPSTREAM_TIMEOUT:g}]"],
@@ -109,8 +118,8 @@ class Options(usage.Options):
     @_one_line
     def opt_claude_code_home(self, directory: str) -> None:
         """
-        Claude Code home holding a login (.credentials.json), repeatable.
-        [env: CLAUDE_CODE_HOME, ':'-separated; default ~/.claude]
+        Claude Code home holding a login (.credentials.json); repeat it to pool several
+        accounts. [env: CLAUDE_CODE_HOME, ':'-separated; default ~/.claude]
         """
         self["claude_code_homes"].append(directory)
 

@@ -15,8 +15,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from linkrouter.credentials import (
     ClaudeHome,
     Credential,
-    CredentialChain,
-    NoCredential,
     credential_from_json,
 )
 
@@ -152,38 +150,3 @@ class ClaudeHomeTests(SynchronousTestCase):
         pending[0].callback(found)
         self.assertIs(self.successResultOf(first), found)
         self.assertIs(self.successResultOf(second), found)
-
-
-class CredentialChainTests(SynchronousTestCase):
-    """The order of credential sources."""
-
-    def chain(self, api_key: str | None, oauth: str | None, token: str | None) -> Any:
-        directory = Path(self.mktemp())
-        directory.mkdir()
-        if token:
-            write(directory / ".credentials.json", claude_code(token))
-        home = ClaudeHome(directory, Clock(), maybeDeferred)
-        return CredentialChain(api_key, oauth, [home])
-
-    def current(self, chain: CredentialChain) -> Credential:
-        return self.successResultOf(Deferred.fromCoroutine(chain.current()))
-
-    def test_order(self) -> None:
-        """API key, then --oauth-token, then the Claude Code homes."""
-        self.assertEqual(self.current(self.chain("key", "oauth", "file")).kind, "api_key")
-        self.assertEqual(self.current(self.chain(None, "oauth", "file")).secret, "oauth")
-        self.assertEqual(self.current(self.chain(None, None, "file")).secret, "file")
-
-    def test_setup_token_has_no_refresh(self) -> None:
-        """A CLAUDE_CODE_OAUTH_TOKEN credential is OAuth, with no refresh token or expiry."""
-        found = self.current(self.chain(None, "sk-ant-oat01-setup", None))
-        self.assertEqual((found.kind, found.refresh_token, found.expires_at),
-                         ("oauth", None, None))
-
-    def test_nothing(self) -> None:
-        """No source: NoCredential (502) listing where it looked."""
-        chain = self.chain(None, None, None)
-        failure = self.failureResultOf(Deferred.fromCoroutine(chain.current()), NoCredential)
-        self.assertEqual(failure.value.status, 502)
-        self.assertIn(str(chain.homes[0].directory / ".credentials.json"),
-                      failure.value.message)

@@ -14,12 +14,14 @@ import treq
 from attrs import define, field
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Cooperator
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
-from linkrouter.credentials import Credential, CredentialChain, claude_homes
+from linkrouter.accounts import AccountPool, build_accounts
+from linkrouter.credentials import Credential, claude_homes
 from linkrouter.proxy import (
     OAUTH_BETA,
     MessagesProxy,
@@ -199,10 +201,11 @@ def world(case: SynchronousTestCase, upstream: FakeAnthropic | None = None,
     revoked: set[str] = set()
     gatekeeper = Gatekeeper(authority, revoked.__contains__)
     usage = _Usage()
-    chain = credentials or CredentialChain(None, OAUTH.secret, [])
+    pool = credentials or AccountPool(
+        build_accounts(None, OAUTH.secret, [], clock, None, maybeDeferred), clock)
 
     def proxy(strip: bytes) -> TokenGate:
-        return TokenGate(gatekeeper, MessagesProxy(chain, up, usage, strip))
+        return TokenGate(gatekeeper, MessagesProxy(pool, up, usage, strip))
 
     root = build_tree(proxy(b""), proxy(b"/api/latest/anthropic"), None, formats)
     return _World(clock, fake, upstream_agent, StubTreq(root), token, claims, usage, revoked)
@@ -295,10 +298,9 @@ class ProxyTests(SynchronousTestCase):
         home = Path(self.mktemp())
         home.mkdir()
         clock = MemoryReactorClock()
-        from twisted.internet.defer import maybeDeferred
-
-        chain = CredentialChain(None, None, claude_homes([home], clock, maybeDeferred))
-        w = world(self, credentials=chain)
+        homes = claude_homes([home], clock, maybeDeferred)
+        pool = AccountPool(build_accounts(None, None, homes, clock, None, maybeDeferred), clock)
+        w = world(self, credentials=pool)
         message = error_of(self, w, w.request("GET", "/v1/models"), 502, "api_error")
         self.assertIn(str(home / ".credentials.json"), message)
         self.assertIn("/login", message)
