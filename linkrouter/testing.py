@@ -180,3 +180,56 @@ def load_answers(directory: Path | str) -> dict[str, Recorded]:
         "count_tokens": Recorded.load(base / "anthropic-count-tokens.json"),
         "models": Recorded.load(base / "anthropic-models.json"),
     }
+
+
+@define
+class FakeTokenEndpoint(Resource):
+    """
+    A fake OAuth token endpoint. Each successful refresh hands out a new access token and
+    a new refresh token (C{access-1}/C{refresh-1}, ...) and records the request.
+
+    @ivar answers: queued (status, JSON body, headers) answers used before the default.
+    @ivar hold: while set, requests wait for this Deferred before being answered.
+    @ivar expires_in: the lifetime given to new access tokens, in seconds.
+    """
+
+    answers: list[tuple[int, Any, dict[str, str]]] = field(factory=list)
+    hold: Deferred[None] | None = None
+    expires_in: int = 8 * 3600
+    prefix: str = "sk-ant-oat01-fake"
+    received: list[dict[str, Any]] = field(factory=list)
+    isLeaf = True
+
+    def __attrs_post_init__(self) -> None:
+        Resource.__init__(self)
+
+    def render_POST(self, request: IRequest) -> int | bytes:  # noqa: N802 - twisted.web API
+        try:
+            body = json.loads(request.content.read())
+        except ValueError:
+            body = None
+        self.received.append(body)
+        if self.hold is not None:
+            self.hold.addCallback(lambda _: self._answer(request))
+            return NOT_DONE_YET
+        return self._answer(request, direct=True)
+
+    def _answer(self, request: IRequest, direct: bool = False) -> bytes:
+        if self.answers:
+            status, payload, headers = self.answers.pop(0)
+        else:
+            n = sum(1 for r in self.received if r is not None)
+            status, headers = 200, {}
+            payload = {"token_type": "Bearer", "access_token": f"{self.prefix}-access-{n}",
+                       "refresh_token": f"{self.prefix}-refresh-{n}",
+                       "expires_in": self.expires_in, "scope": "user:inference"}
+        request.setResponseCode(status)
+        request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+        for name, value in headers.items():
+            request.responseHeaders.setRawHeaders(name.encode(), [value.encode()])
+        data = json.dumps(payload).encode()
+        if direct:
+            return data
+        request.write(data)
+        request.finish()
+        return b""
