@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from attrs import field, frozen
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from linkrouter.config import CLAUDE_CODE_CLIENT_ID
 from linkrouter.credentials import Credential
@@ -73,6 +75,28 @@ def retry_after_seconds(value: bytes | None, now: float) -> float | None:
         return None
 
 
+@implementer(IBodyProducer)
+class BytesProducer:
+    """A small request body, written at once (no cooperator, no thread)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:  # noqa: N802 - IBodyProducer
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        pass
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        pass
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+
 @frozen
 class TokenEndpoint:
     """
@@ -100,7 +124,8 @@ class TokenEndpoint:
         }).encode()
         try:
             response = await self.client.post(
-                self.url, data=payload, timeout=self.timeout, allow_redirects=False,
+                self.url, data=BytesProducer(payload), timeout=self.timeout,
+                allow_redirects=False, reactor=self.clock,
                 headers={b"content-type": [b"application/json"],
                          b"accept": [b"application/json"]},
             )

@@ -214,8 +214,30 @@ class _Paced:
             self._exchange.request.registerProducer(producer, True)
 
 
+class _KeepOpen:
+    """A file whose C{close} does nothing: the body may be sent again (a retry)."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        pass
+
+
 def body_producer(request: IRequest, cooperator: Cooperator) -> IBodyProducer | None:
-    """The spooled request body as a producer (C{None} when there is none)."""
+    """
+    The spooled request body as a producer, from its start (C{None} when there is none).
+    Each call makes a new producer over the same file, so a retry sends the same bytes.
+    """
     content = request.content
     if content is None:
         return None
@@ -223,7 +245,7 @@ def body_producer(request: IRequest, cooperator: Cooperator) -> IBodyProducer | 
     if content.tell() == 0:
         return None
     content.seek(0)
-    return FileBodyProducer(content, cooperator=cooperator)
+    return FileBodyProducer(_KeepOpen(content), cooperator=cooperator)
 
 
 @define

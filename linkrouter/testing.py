@@ -103,6 +103,7 @@ class FakeAnthropic(Resource):
     C{count_tokens}, C{models}) to its recorded answer.
 
     @ivar override: when set, every request gets this answer instead.
+    @ivar respond: when set, asked first for each request's answer (C{None}: the usual).
     @ivar hang: never answer (the request stays open until the caller goes away).
     @ivar between_events: called with the index of the next SSE event; a Deferred it
         returns holds that event back until it fires (to test incremental delivery).
@@ -113,6 +114,7 @@ class FakeAnthropic(Resource):
 
     answers: dict[str, Recorded]
     override: Recorded | None = None
+    respond: Callable[[Received], Recorded | None] | None = None
     hang: bool = False
     between_events: Callable[[int], Deferred[None] | None] | None = None
     break_after: int | None = None
@@ -136,7 +138,8 @@ class FakeAnthropic(Resource):
         request.notifyFinish().addErrback(lost)
         if self.hang:
             return NOT_DONE_YET
-        answer = self.override or self.answers.get(_route(request.uri, body))
+        answer = (self.respond(seen) if self.respond else None) or self.override or (
+            self.answers.get(_route(request.uri, body)))
         if answer is None:
             request.setResponseCode(404)
             request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
