@@ -68,6 +68,7 @@ class Config:
     max_cooldown: float = DEFAULT_MAX_COOLDOWN
     refresh_margin: float = DEFAULT_REFRESH_MARGIN
     oauth_client_id: str = CLAUDE_CODE_CLIENT_ID
+    model_aliases: tuple[str, ...] = ()
 
 
 def _pick(raw: Mapping[str, object], env: Mapping[str, str], key: str, *names: str) -> str | None:
@@ -223,6 +224,12 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
 
     verbose = bool(raw.get("verbose")) or parse_bool("VERBOSE", env.get("VERBOSE", ""))
 
+    aliases = _many(raw, env, "model_aliases", "LINKROUTER_MODEL_ALIASES")
+    for alias in aliases:
+        source, sep, target = alias.partition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise ConfigError("--model-alias", f"{alias!r} is not FROM=TO")
+
     def path(value: str | None) -> Path | None:
         return Path(value).expanduser() if value else None
 
@@ -260,6 +267,7 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         refresh_margin=margin,
         oauth_client_id=_pick(raw, env, "oauth_client_id", "OAUTH_CLIENT_ID")
         or CLAUDE_CODE_CLIENT_ID,
+        model_aliases=tuple(aliases),
     )
 
 

@@ -11,8 +11,10 @@ it, and they never echo a secret.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from attrs import frozen
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
@@ -63,7 +65,17 @@ def error_body(error_type: str, message: str) -> bytes:
     ).encode("utf-8")
 
 
-def write_error(request: IRequest, error: APIError) -> None:
+#: Writes an error's headers into the response headers and returns its body.
+ErrorStyle = Callable[[APIError, Headers], bytes]
+
+
+def anthropic_style(error: APIError, headers: Headers) -> bytes:
+    """Anthropic's error shape (the Messages and Vertex dialects)."""
+    headers.setRawHeaders(b"content-type", [b"application/json"])
+    return error.body()
+
+
+def write_error(request: IRequest, error: APIError, style: ErrorStyle = anthropic_style) -> None:
     """
     Answer C{request} with C{error} and finish it, unless the response has already
     started (then the status line is gone and the caller must abort instead).
@@ -71,8 +83,7 @@ def write_error(request: IRequest, error: APIError) -> None:
     if request.startedWriting:
         return
     request.setResponseCode(error.status)
-    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-    body = error.body()
+    body = style(error, request.responseHeaders)
     request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
     if request.method != b"HEAD":
         request.write(body)

@@ -31,7 +31,8 @@ from twisted.web.server import NOT_DONE_YET
 from linkrouter.access import AccessNote, log_access, note
 from linkrouter.accounts import AccountPool, AccountUnavailable
 from linkrouter.credentials import Credential
-from linkrouter.errors import APIError, write_error
+from linkrouter.dialects import AnthropicShaper, Outgoing, Route, Shaper
+from linkrouter.errors import APIError, ErrorStyle, anthropic_style, write_error
 from linkrouter.metering import UsageMeter
 from linkrouter.tokens import Gatekeeper, TokenClaims
 
@@ -187,7 +188,7 @@ class _Exchange:
     timed_out: bool = False
     pending: Deferred[Any] | None = None
     producer: IPushProducer | None = None
-    event_boundary: bool = True
+    shaper: Shaper = Shaper()
 
 
 class _Paced:
@@ -233,12 +234,11 @@ class _KeepOpen:
         pass
 
 
-def body_producer(request: IRequest, cooperator: Cooperator) -> IBodyProducer | None:
+def body_producer(content: Any, cooperator: Cooperator) -> IBodyProducer | None:
     """
-    The spooled request body as a producer, from its start (C{None} when there is none).
+    A request body file as a producer, from its start (C{None} when there is none).
     Each call makes a new producer over the same file, so a retry sends the same bytes.
     """
-    content = request.content
     if content is None:
         return None
     content.seek(0, 2)
@@ -248,20 +248,38 @@ def body_producer(request: IRequest, cooperator: Cooperator) -> IBodyProducer | 
     return FileBodyProducer(_KeepOpen(content), cooperator=cooperator)
 
 
-@define
-class MessagesProxy:
+def messages_route(strip_prefix: bytes = b"") -> Route:
     """
-    Forwards Anthropic Messages API requests (C{/v1/...}) upstream unchanged.
+    The Messages dialect: the client's path and query go upstream as they are, after
+    C{strip_prefix} (the legacy C{/api/latest/anthropic} mount); so does the body.
+    """
 
-    @ivar strip_prefix: removed from the start of the client's path (the legacy
-        C{/api/latest/anthropic} mount); the rest, query string included, is the
-        upstream path.
+    def route(request: IRequest) -> Outgoing:
+        uri: bytes = request.uri
+        if strip_prefix and uri.startswith(strip_prefix):
+            uri = uri[len(strip_prefix):]
+        if not uri.startswith(b"/"):
+            uri = b"/" + uri
+        return Outgoing(uri, request.content)
+
+    return route
+
+
+@define
+class Proxy:
+    """
+    Sends a client request upstream with a pool account's credential and streams the
+    answer back.
+
+    @ivar route: turns the client request into the upstream call (the dialect).
+    @ivar style: how errors are written for this dialect's clients.
     """
 
     pool: AccountPool
     upstream: Upstream
     usage: UsageSink
-    strip_prefix: bytes = b""
+    route: Route = messages_route()
+    style: ErrorStyle = anthropic_style
     verbose: bool = False
     _log = Logger()
 
@@ -295,14 +313,6 @@ class MessagesProxy:
         )
         return NOT_DONE_YET
 
-    def upstream_url(self, request: IRequest) -> str:
-        uri: bytes = request.uri
-        if self.strip_prefix and uri.startswith(self.strip_prefix):
-            uri = uri[len(self.strip_prefix) :]
-        if not uri.startswith(b"/"):
-            uri = b"/" + uri
-        return self.upstream.base_url + uri.decode("ascii", "replace")
-
     async def _exchange(self, exchange: _Exchange) -> None:
         """
         Try the pool's accounts in order until one answers with something other than a
@@ -310,9 +320,11 @@ class MessagesProxy:
         a 401 on an OAuth login refreshes it and retries once.
         """
         request = exchange.request
+        outgoing = self.route(request)
+        exchange.shaper = outgoing.shaper or AnthropicShaper()
         session = (request.requestHeaders.getRawHeaders(b"x-claude-code-session-id")
                    or [b""])[0].decode("latin-1") or None
-        url = self.upstream_url(request)
+        url = self.upstream.base_url + outgoing.path.decode("ascii", "replace")
         rate_limited: tuple[Any, bytes] | None = None
         problems: list[str] = []
         for account in self.pool.candidates(session):
@@ -324,13 +336,13 @@ class MessagesProxy:
             if exchange.gone:
                 return
             exchange.note.account_id = account.id
-            response = await self._attempt(exchange, url, credential)
+            response = await self._attempt(exchange, url, outgoing, credential)
             self.pool.observe(account, response.headers)
             if response.code == 401 and credential.is_oauth:
                 renewed = await account.refresh_after_rejection(credential)
                 if renewed is not None and not exchange.gone:
                     await read_small(response)
-                    response = await self._attempt(exchange, url, renewed)
+                    response = await self._attempt(exchange, url, outgoing, renewed)
                     self.pool.observe(account, response.headers)
             if exchange.gone:
                 return
@@ -344,12 +356,13 @@ class MessagesProxy:
             return
         self._exhausted(exchange, rate_limited, problems)
 
-    async def _attempt(self, exchange: _Exchange, url: str, credential: Credential) -> Any:
+    async def _attempt(self, exchange: _Exchange, url: str, outgoing: Outgoing,
+                       credential: Credential) -> Any:
         request = exchange.request
         exchange.note.credential_source = credential.source
-        headers = upstream_headers(request.requestHeaders, credential)
+        headers = upstream_headers(request.requestHeaders, credential, outgoing.betas)
         return await self._send(exchange, request.method, url, headers,
-                                body_producer(request, self.upstream.cooperator))
+                                body_producer(outgoing.body, self.upstream.cooperator))
 
     def _exhausted(self, exchange: _Exchange, rate_limited: tuple[Any, bytes] | None,
                    problems: list[str]) -> None:
@@ -364,10 +377,11 @@ class MessagesProxy:
             exchange.note.upstream_status = response.code
             request.setResponseCode(response.code, response.phrase or None)
             downstream_headers(response.headers, request.responseHeaders)
+            exchange.shaper.start(response.code, response.headers, request.responseHeaders)
             if retry_after is not None:
                 request.responseHeaders.setRawHeaders(b"retry-after", [retry_after.encode()])
             self.usage.record(exchange.claims)
-            request.write(body)
+            request.write(exchange.shaper.feed(body) + exchange.shaper.close())
             request.finish()
             return
         if retry_after is not None:
@@ -422,15 +436,18 @@ class MessagesProxy:
         exchange.note.upstream_status = response.code
         request.setResponseCode(response.code, response.phrase or None)
         downstream_headers(response.headers, request.responseHeaders)
+        shaper = exchange.shaper
+        shaper.start(response.code, response.headers, request.responseHeaders)
         content_type = (response.headers.getRawHeaders(b"content-type") or [None])[0]
         meter = UsageMeter.for_content_type(content_type)
 
         def write(data: bytes) -> None:
             if exchange.gone:
                 raise ConnectionError("client went away")
-            request.write(data)
-            exchange.note.sent_bytes += len(data)
-            exchange.event_boundary = data.endswith(b"\n\n")
+            shaped = shaper.feed(data)
+            if shaped:
+                request.write(shaped)
+                exchange.note.sent_bytes += len(shaped)
             meter.feed(data)
 
         try:
@@ -439,9 +456,13 @@ class MessagesProxy:
             if exchange.gone:
                 return
             self._unregister(exchange)
-            self._broken_stream(exchange, meter.streaming, e)
+            self._broken_stream(exchange, e)
             return
         self._unregister(exchange)
+        tail = shaper.close()
+        if tail:
+            request.write(tail)
+            exchange.note.sent_bytes += len(tail)
         meter.close()
         if 200 <= response.code < 300:
             self.usage.record(exchange.claims, meter.input_tokens, meter.output_tokens)
@@ -454,16 +475,16 @@ class MessagesProxy:
             exchange.producer = None
             exchange.request.unregisterProducer()
 
-    def _broken_stream(self, exchange: _Exchange, streaming: bool, e: Exception) -> None:
+    def _broken_stream(self, exchange: _Exchange, e: Exception) -> None:
         """The upstream failed mid-answer: tell the client as well as its format allows."""
         self._log.warn(
             "Upstream answer to {path} broke off after {n} bytes: {why}",
             path=exchange.request.path, n=exchange.note.sent_bytes, why=_why(e),
         )
         request = exchange.request
-        if streaming and exchange.event_boundary:
-            error = APIError(502, f"The upstream connection broke mid-stream: {_why(e)}.")
-            request.write(b"event: error\ndata: " + error.body() + b"\n\n")
+        notice = exchange.shaper.broken(f"The upstream connection broke mid-stream: {_why(e)}.")
+        if notice is not None:
+            request.write(notice)
             request.finish()
         else:
             # Closing without the final chunk tells the client the body is incomplete.
@@ -476,7 +497,7 @@ class MessagesProxy:
             return
         if error.status >= 500:
             self._log.warn("{path}: {error}", path=request.path, error=str(error))
-        write_error(request, error)
+        write_error(request, error, self.style)
 
 
 def _why(e: BaseException) -> str:
@@ -502,17 +523,18 @@ class TokenGate(Resource):
 
     isLeaf = True
 
-    def __init__(self, gatekeeper: Gatekeeper, inner: Server) -> None:
+    def __init__(self, gatekeeper: Gatekeeper, inner: Server,
+                 style: ErrorStyle = anthropic_style) -> None:
         super().__init__()
         self._gatekeeper = gatekeeper
         self._inner = inner
+        self._style = style
 
     def render(self, request: IRequest) -> int | bytes:
         try:
             claims = self._gatekeeper.admit(request)
         except APIError as error:
             request.setResponseCode(error.status)
-            request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-            return error.body()
+            return self._style(error, request.responseHeaders)
         note(request).token_id = claims.id
         return self._inner.serve(request, claims)

@@ -108,6 +108,7 @@ def build_tree(
     admin: Mapping[bytes, IResource] | None,
     api_formats: frozenset[str],
     bedrock: IResource | None = None,
+    profiles: IResource | None = None,
     vertex: IResource | None = None,
 ) -> Resource:
     """
@@ -117,8 +118,9 @@ def build_tree(
     @param legacy_messages: serves C{/api/latest/anthropic/...}.
     @param admin: the admin endpoints by name under C{/api}, or C{None} when the admin
         API has listeners of its own.
-    @param bedrock: serves Bedrock paths, or C{None} (not available yet: 404).
-    @param vertex: serves Vertex paths, or C{None} (not available yet: 404).
+    @param bedrock: serves C{/model/...} (Bedrock runtime), or C{None} (404).
+    @param profiles: serves C{/inference-profiles} (Bedrock control plane), or C{None}.
+    @param vertex: serves Vertex paths, or C{None} (404).
     """
     def dialect(name: str, served: IResource | None, label: str) -> IResource:
         if name not in api_formats:
@@ -132,13 +134,14 @@ def build_tree(
     anthropic_legacy = dialect("anthropic", legacy_messages, "Anthropic Messages")
     vertex_resource = dialect("vertex", vertex, "Vertex")
     bedrock_resource = dialect("bedrock", bedrock, "Bedrock")
+    profiles_resource = dialect("bedrock", profiles, "Bedrock")
 
     v1 = Branch(anthropic_v1)
     v1.putChild(b"projects", vertex_resource)
     root.putChild(b"v1", v1)
     root.putChild(b"projects", vertex_resource)
     root.putChild(b"model", bedrock_resource)
-    root.putChild(b"inference-profiles", bedrock_resource)
+    root.putChild(b"inference-profiles", profiles_resource)
 
     api = Resource()
     latest = Resource()

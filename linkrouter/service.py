@@ -36,8 +36,11 @@ from linkrouter.accounts import AccountPool, build_accounts
 from linkrouter.admin import TokenAdmin, admin_resources
 from linkrouter.config import Config, ConfigError, Secrets, load_secrets
 from linkrouter.credentials import claude_homes
+from linkrouter.dialects import Aliases, Route, aws_style, bedrock_route, vertex_route
+from linkrouter.errors import ErrorStyle, anthropic_style
 from linkrouter.oauth import TokenEndpoint
-from linkrouter.proxy import MessagesProxy, TokenGate, Upstream
+from linkrouter.profiles import InferenceProfiles, ModelCatalogue
+from linkrouter.proxy import Proxy, TokenGate, Upstream, messages_route
 from linkrouter.resource import RouterSite, admin_tree, build_tree
 from linkrouter.store import (
     Database,
@@ -110,11 +113,11 @@ class Router:
         """The client tree, and the admin tree when the admin API has its own listeners."""
         config = self.config
 
-        def proxy(strip: bytes) -> IResource:
-            return TokenGate(
-                self.gatekeeper,
-                MessagesProxy(self.pool, self.upstream, self.usage, strip, config.verbose),
-            )
+        aliases = Aliases.parse(config.model_aliases)
+
+        def gate(route: Route, style: ErrorStyle = anthropic_style) -> IResource:
+            proxy = Proxy(self.pool, self.upstream, self.usage, route, style, config.verbose)
+            return TokenGate(self.gatekeeper, proxy, style)
 
         hint = (
             "in " + self.secrets.admin_key_source
@@ -124,8 +127,14 @@ class Router:
         admin = admin_resources(self.admin, self.pool.to_json, self.secrets.admin_key, hint)
         separate = bool(config.admin_listen)
         tree = build_tree(
-            proxy(b""), proxy(b"/api/latest/anthropic"), None if separate else admin,
+            gate(messages_route()),
+            gate(messages_route(b"/api/latest/anthropic")),
+            None if separate else admin,
             config.api_formats,
+            bedrock=gate(bedrock_route(aliases), aws_style),
+            profiles=InferenceProfiles(ModelCatalogue(self.pool, self.upstream),
+                                       self.gatekeeper),
+            vertex=gate(vertex_route(aliases)),
         )
         return tree, admin_tree(admin) if separate else None
 

@@ -97,6 +97,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["admin_listen"] = []
         self["claude_code_homes"] = []
+        self["model_aliases"] = []
 
     @_one_line
     def opt_listen(self, description: str) -> None:
@@ -122,6 +123,15 @@ class Options(usage.Options):
         accounts. [env: CLAUDE_CODE_HOME, ':'-separated; default ~/.claude]
         """
         self["claude_code_homes"].append(directory)
+
+    @_one_line
+    def opt_model_alias(self, rule: str) -> None:
+        """
+        Rename a model after the Bedrock/Vertex id is normalised, FROM=TO (repeatable),
+        e.g. claude-sonnet-4-5-20250929=claude-sonnet-5-5. [env: LINKROUTER_MODEL_ALIASES,
+        comma-separated]
+        """
+        self["model_aliases"].append(rule)
 
     def postOptions(self) -> None:  # noqa: N802 - twisted API
         raw = {key.replace("-", "_"): value for key, value in self.items()}

@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from linkrouter.accounts import Account, AccountPool
 from linkrouter.credentials import ClaudeHome, Credential
 from linkrouter.oauth import TokenEndpoint
-from linkrouter.proxy import MessagesProxy, TokenGate, Upstream
+from linkrouter.proxy import Proxy, TokenGate, Upstream
 from linkrouter.resource import build_tree
 from linkrouter.service import IdentityEncodingAgent
 from linkrouter.testing import FakeAnthropic, FakeTokenEndpoint, Received, Recorded, load_answers
@@ -104,7 +104,7 @@ def pooled(case: SynchronousTestCase, accounts: list[Any], upstream: FakeAnthrop
     authority = TokenAuthority(b"failover-secret-long-enough-for-hs256", clock)
     token, _ = authority.mint("t", 3600)
     gate = TokenGate(Gatekeeper(authority, lambda _: False),
-                     MessagesProxy(pool, up, _Usage()))
+                     Proxy(pool, up, _Usage()))
     root = build_tree(gate, gate, None, frozenset({"anthropic"}))
     return Pooled(clock, upstream, token_fake, [upstream_agent, token_agent], StubTreq(root),
                   pool, token)

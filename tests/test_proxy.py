@@ -24,11 +24,12 @@ from linkrouter.accounts import AccountPool, build_accounts
 from linkrouter.credentials import Credential, claude_homes
 from linkrouter.proxy import (
     OAUTH_BETA,
-    MessagesProxy,
+    Proxy,
     TokenGate,
     Upstream,
     downstream_headers,
     merge_betas,
+    messages_route,
     upstream_headers,
 )
 from linkrouter.resource import build_tree
@@ -205,7 +206,7 @@ def world(case: SynchronousTestCase, upstream: FakeAnthropic | None = None,
         build_accounts(None, OAUTH.secret, [], clock, None, maybeDeferred), clock)
 
     def proxy(strip: bytes) -> TokenGate:
-        return TokenGate(gatekeeper, MessagesProxy(pool, up, usage, strip))
+        return TokenGate(gatekeeper, Proxy(pool, up, usage, messages_route(strip)))
 
     root = build_tree(proxy(b""), proxy(b"/api/latest/anthropic"), None, formats)
     return _World(clock, fake, upstream_agent, StubTreq(root), token, claims, usage, revoked)
