@@ -149,7 +149,7 @@ class Account:
         if self.static is not None or rejected.refresh_token is None:
             return None
         try:
-            fresh = await self._refresh_once(rejected, forced=True)
+            fresh = await self._refresh_once(rejected)
         except AccountUnavailable:
             return None
         return fresh if fresh.secret != rejected.secret else None
@@ -180,12 +180,12 @@ class Account:
         return (credential.refresh_token is not None and credential.expires_at is not None
                 and credential.expires_at - self.clock.seconds() <= self.margin)
 
-    async def _refresh_once(self, stale: Credential, forced: bool = False) -> Credential:
+    async def _refresh_once(self, stale: Credential) -> Credential:
         """One refresh at a time: callers that arrive during one share its outcome."""
         waiter: Deferred[Credential] = Deferred()
         self._waiters.append(waiter)
         if len(self._waiters) == 1:
-            Deferred.fromCoroutine(self._refresh(stale, forced)).addBoth(self._refreshed)
+            Deferred.fromCoroutine(self._refresh(stale)).addBoth(self._refreshed)
         return await waiter
 
     def _refreshed(self, result: Credential | Failure) -> None:
@@ -193,15 +193,20 @@ class Account:
         for waiter in waiters:
             waiter.callback(result)
 
-    async def _refresh(self, stale: Credential, forced: bool) -> Credential:
+    async def _refresh(self, stale: Credential) -> Credential:
         assert self.home is not None and self.run_in_thread is not None
         now = self.clock.seconds()
         if self.refresh_retry_at is not None and now < self.refresh_retry_at:
             return self._still_valid(stale, "the token endpoint asked us to wait")
         # Claude Code itself may have rotated the login: never spend a stale refresh token.
         on_disk = await self.home.credential(force=True)
-        if on_disk is not None and on_disk.secret != stale.secret and not (
-                self._expiring(on_disk)):
+        renewed = on_disk is not None and on_disk.secret != stale.secret and not (
+            self._expiring(on_disk))
+        if on_disk is not None and self._memory is not None and (
+                on_disk.secret == self._memory[0]):
+            renewed = False  # the read-only file still holds what it held before our refresh
+        if renewed:
+            assert on_disk is not None
             self._log.info("Account {id}: the login was renewed on disk; using it", id=self.id)
             self._memory = None
             self.expires_at = on_disk.expires_at
@@ -227,9 +232,13 @@ class Account:
             self._log.warn(
                 "Account {id}: cannot write the refreshed login to {path} ({why}); keeping "
                 "it in memory", id=self.id, path=str(path), why=e.strerror or str(e))
-            self._memory = (on_disk.secret if on_disk is not None else stale.secret, fresh)
+            if self._memory is None:
+                self._memory = (on_disk.secret if on_disk is not None else stale.secret, fresh)
+            else:
+                self._memory = (self._memory[0], fresh)
         else:
             self._memory = None
+            await self.home.credential(force=True)  # so the next caller sees the new file
         return fresh
 
     def _failed(self, current: Credential, error: RefreshFailed) -> Credential:

@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import Cooperator, LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
@@ -61,6 +61,12 @@ POLL_SECONDS = 1.0
 CONNECT_TIMEOUT = 10.0
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """Upstream connections, without a "Starting factory" log line for each."""
+
+    noisy = False
+
+
 @implementer(IAgent)
 @frozen
 class IdentityEncodingAgent:
@@ -88,6 +94,7 @@ def http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
     reaches another's.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietClientFactory  # noqa: SLF001 - no public hook for the factory
     pool.maxPersistentPerHost = 128
     pool.cachedConnectionTimeout = 120
     agent = Agent(reactor, pool=pool, connectTimeout=CONNECT_TIMEOUT)
@@ -279,9 +286,23 @@ def _why_bind(error: CannotListenError) -> str:
     return getattr(reason, "strerror", None) or str(reason)
 
 
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """
+    A TCP or SSL endpoint string with C{backlog=1024} unless it sets one: Twisted's
+    default of 50 makes the kernel drop handshakes under a burst of connections.
+    """
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl") and ":backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
 def _listen(descriptions: tuple[str, ...], site: RouterSite, reactor: Any, option: str,
             parent: MultiService, into: list[StreamServerEndpointService]) -> None:
-    for description in descriptions:
+    for description in map(with_backlog, descriptions):
         try:
             listener = strports.service(description, site, reactor=reactor)
         except Exception as e:  # noqa: BLE001 - endpoint parsers raise many types

@@ -213,7 +213,9 @@ class FakeTokenEndpoint(Resource):
             body = None
         self.received.append(body)
         if self.hold is not None:
-            self.hold.addCallback(lambda _: self._answer(request))
+            gone: list[Failure] = []
+            request.notifyFinish().addErrback(gone.append)
+            self.hold.addCallback(lambda _: None if gone else self._answer(request))
             return NOT_DONE_YET
         return self._answer(request, direct=True)
 

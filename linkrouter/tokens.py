@@ -26,6 +26,9 @@ TOKEN_PREFIX = "la_sk_"  # noqa: S105 - a prefix, not a secret
 ALGORITHM = "HS256"
 _HEADER = {"typ": "JWT", "alg": ALGORITHM}
 _SAFE_ALG = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+#: Verified tokens remembered (so the signature is checked once per token, not per
+#: request); the oldest is forgotten first.
+VERIFIED_CACHE_SIZE = 4096
 
 
 def isoformat(seconds: float | None) -> str | None:
@@ -64,6 +67,7 @@ class TokenAuthority:
 
     secret: bytes = field(repr=False)
     clock: IReactorTime
+    _verified: dict[str, TokenClaims] = field(factory=dict, repr=False, eq=False)
 
     def mint(self, label: str, ttl_seconds: float) -> tuple[str, TokenClaims]:
         """Make a new token and return it with its claims."""
@@ -91,6 +95,18 @@ class TokenAuthority:
 
         @raise TokenError: with a message saying why the token was refused.
         """
+        known = self._verified.get(token)
+        if known is not None:
+            # The signature was checked before; expiry is checked every time.
+            self._check_expiry(known.expires_at)
+            return known
+        claims = self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> TokenClaims:
         if not token.startswith(TOKEN_PREFIX):
             raise _refused(
                 "The credential is not a linkrouter token: router tokens start with "
@@ -136,6 +152,10 @@ class TokenAuthority:
             ) from None
         return self._claims(payload)
 
+    def _check_expiry(self, exp: int) -> None:
+        if exp <= self.clock.seconds():
+            raise _expired(exp)
+
     def _claims(self, payload: dict[str, object]) -> TokenClaims:
         sub, iat, exp = payload.get("sub"), payload.get("iat"), payload.get("exp")
         label = payload.get("label", "")
@@ -148,11 +168,14 @@ class TokenAuthority:
         assert isinstance(iat, int) and isinstance(exp, int)
         if not isinstance(label, str):
             label = ""
-        if exp <= self.clock.seconds():
-            raise _refused(
-                f"Router token expired at {isoformat(exp)}. Ask your router admin for a new one."
-            )
+        self._check_expiry(exp)
         return TokenClaims(id=token_id, label=label, issued_at=iat, expires_at=exp)
+
+
+def _expired(exp: int) -> TokenError:
+    return _refused(
+        f"Router token expired at {isoformat(exp)}. Ask your router admin for a new one."
+    )
 
 
 def presented_token(request: IRequest) -> str | None:

@@ -214,13 +214,16 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual((port, interface, backlog), (3000, "127.0.0.1", 1024))
 
     def test_listen(self) -> None:
-        """Each C{--listen} endpoint is bound, all serving the same site."""
+        """
+        Each C{--listen} endpoint is bound, all serving the same site; a TCP endpoint that
+        sets no backlog gets 1024 instead of Twisted's 50, one that sets it keeps it.
+        """
         service = self.service(["--listen", "tcp:8081:interface=127.0.0.1",
                                 "--listen", r"tcp:8082:interface=\:\:1:backlog=7"])
         service.startService()
         bound = [(port, interface, backlog)
                  for port, _site, backlog, interface in self.reactor.tcpServers]
-        self.assertEqual(sorted(bound), [(8081, "127.0.0.1", 50), (8082, "::1", 7)])
+        self.assertEqual(sorted(bound), [(8081, "127.0.0.1", 1024), (8082, "::1", 7)])
         sites = {id(site) for _port, site, _backlog, _interface in self.reactor.tcpServers}
         self.assertEqual(len(sites), 1)
 

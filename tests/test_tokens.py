@@ -460,3 +460,38 @@ class PresentedTokenTests(SynchronousTestCase):
         self.assertEqual(
             presented_token(received(b"x-api-key: sk-ant-api03-xyz")), "sk-ant-api03-xyz"
         )
+
+
+class VerifiedCacheTests(SynchronousTestCase):
+    """A token's signature is checked once; expiry is still checked on every use."""
+
+    def test_cached_token_still_expires(self) -> None:
+        """A token verified once is refused once it expires."""
+        from twisted.internet.task import Clock
+
+        from linkrouter.tokens import TokenAuthority, TokenError
+
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        authority = TokenAuthority(b"x" * 32, clock)
+        token, claims = authority.mint("cache", 60)
+        self.assertEqual(authority.verify(token), claims)
+        self.assertEqual(authority.verify(token), claims)
+        clock.advance(60)
+        with self.assertRaises(TokenError) as caught:
+            authority.verify(token)
+        self.assertIn("expired", caught.exception.message)
+
+    def test_bad_tokens_not_cached(self) -> None:
+        """A refused token is refused every time (only good signatures are remembered)."""
+        from twisted.internet.task import Clock
+
+        from linkrouter.tokens import TokenAuthority, TokenError
+
+        clock = Clock()
+        authority = TokenAuthority(b"y" * 32, clock)
+        other = TokenAuthority(b"z" * 32, clock)
+        token, _ = other.mint("other", 600)
+        for _ in range(2):
+            with self.assertRaises(TokenError):
+                authority.verify(token)
