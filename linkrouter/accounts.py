@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
@@ -77,6 +78,8 @@ class Account:
     requests_served: int = 0
     utilization: dict[str, float] = field(factory=dict)
     expires_at: float | None = None
+    #: Told each refresh's outcome: ok, transient, terminal or rotated_elsewhere.
+    on_refresh: Callable[[str], None] | None = field(default=None, repr=False)
     _dead_refresh: str | None = field(default=None, repr=False)
     _memory: tuple[str, Credential] | None = field(default=None, repr=False)
     _waiters: list[Deferred[Any]] = field(factory=list, repr=False)
@@ -208,6 +211,7 @@ class Account:
         if renewed:
             assert on_disk is not None
             self._log.info("Account {id}: the login was renewed on disk; using it", id=self.id)
+            self._outcome("rotated_elsewhere")
             self._memory = None
             self.expires_at = on_disk.expires_at
             return on_disk
@@ -218,6 +222,7 @@ class Account:
             pair = await self.endpoint.refresh(current.refresh_token)
         except RefreshFailed as e:
             return self._failed(current, e)
+        self._outcome("ok")
         self.refresh_failures = 0
         self.refresh_retry_at = None
         self.last_refresh = self.clock.seconds()
@@ -241,7 +246,12 @@ class Account:
             await self.home.credential(force=True)  # so the next caller sees the new file
         return fresh
 
+    def _outcome(self, outcome: str) -> None:
+        if self.on_refresh is not None:
+            self.on_refresh(outcome)
+
     def _failed(self, current: Credential, error: RefreshFailed) -> Credential:
+        self._outcome("terminal" if error.terminal else "transient")
         if error.terminal:
             self.needs_login = (
                 f"the refresh token was refused ({error.reason}); run `claude` and /login "

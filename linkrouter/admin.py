@@ -268,3 +268,32 @@ def _not_allowed(request: IRequest, allowed: bytes) -> APIError:
         f"(allowed: {allowed.decode()}).",
         "invalid_request_error",
     )
+
+
+class MetricsResource(Resource):
+    """
+    C{GET /metrics} in the Prometheus text format: behind the admin key on the admin
+    surface, open on a C{--metrics-listen} endpoint (C{admin_key} None).
+    """
+
+    isLeaf = True
+
+    def __init__(self, metrics: Any, admin_key: str | None = None, key_hint: str = "") -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._guard = _AdminResource(admin_key, key_hint) if admin_key is not None else None
+
+    def render(self, request: IRequest) -> bytes:
+        try:
+            if self._guard is not None:
+                self._guard._authorized(request)
+            if request.method not in (b"GET", b"HEAD"):
+                raise _not_allowed(request, b"GET")
+        except APIError as error:
+            request.setResponseCode(error.status)
+            request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+            return error.body()
+        body, content_type = self._metrics.exposition()
+        request.responseHeaders.setRawHeaders(b"content-type", [content_type.encode()])
+        request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
+        return body

@@ -28,6 +28,9 @@ DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
 DEFAULT_UPSTREAM_TIMEOUT = 600.0
 DEFAULT_MAX_COOLDOWN = 5 * 3600.0
 DEFAULT_REFRESH_MARGIN = 60.0
+DEFAULT_TLS_PORT = 8443
+DEFAULT_SHUTDOWN_GRACE = 30.0
+LOG_FORMATS = ("text", "json")
 CLAUDE_CODE_CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - the seed's default: a team router listens for the team
 DEFAULT_PORT = 8080
@@ -69,6 +72,14 @@ class Config:
     refresh_margin: float = DEFAULT_REFRESH_MARGIN
     oauth_client_id: str = CLAUDE_CODE_CLIENT_ID
     model_aliases: tuple[str, ...] = ()
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_chain: Path | None = None
+    tls_port: int = DEFAULT_TLS_PORT
+    hsts: bool = False
+    metrics_listen: tuple[str, ...] = ()
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    log_format: str = "text"
 
 
 def _pick(raw: Mapping[str, object], env: Mapping[str, str], key: str, *names: str) -> str | None:
@@ -233,6 +244,21 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
     def path(value: str | None) -> Path | None:
         return Path(value).expanduser() if value else None
 
+    tls_cert = path(_pick(raw, env, "tls_cert", "LINKROUTER_TLS_CERT"))
+    tls_key = path(_pick(raw, env, "tls_key", "LINKROUTER_TLS_KEY"))
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert", "--tls-cert and --tls-key go together")
+    tls_port_text = _pick(raw, env, "tls_port", "LINKROUTER_TLS_PORT") or str(DEFAULT_TLS_PORT)
+    try:
+        tls_port = int(tls_port_text)
+    except ValueError:
+        raise ConfigError("--tls-port", f"{tls_port_text!r} is not a port number") from None
+    if not 0 <= tls_port <= 65535:
+        raise ConfigError("--tls-port", f"{tls_port} is outside 0-65535")
+    log_format = (_pick(raw, env, "log_format", "LINKROUTER_LOG_FORMAT") or "text").lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError("--log-format", f"{log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+
     def secret(value_key: str, file_key: str, value_env: str, file_env: str
                ) -> tuple[str | None, Path | None]:
         """A value or a file: flags first (value, then file), then the environment."""
@@ -268,6 +294,15 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         oauth_client_id=_pick(raw, env, "oauth_client_id", "OAUTH_CLIENT_ID")
         or CLAUDE_CODE_CLIENT_ID,
         model_aliases=tuple(aliases),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_chain=path(_pick(raw, env, "tls_chain", "LINKROUTER_TLS_CHAIN")),
+        tls_port=tls_port,
+        hsts=bool(raw.get("hsts")) or parse_bool("LINKROUTER_HSTS", env.get("LINKROUTER_HSTS", "")),
+        metrics_listen=tuple(_many(raw, env, "metrics_listen", "LINKROUTER_METRICS_LISTEN")),
+        shutdown_grace=_seconds(raw, env, "shutdown_grace", "LINKROUTER_SHUTDOWN_GRACE",
+                                DEFAULT_SHUTDOWN_GRACE, allow_zero=True),
+        log_format=log_format,
     )
 
 

@@ -12,6 +12,7 @@ memory. A client that goes away cancels the upstream request or closes its conne
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Protocol
 
 import treq
@@ -34,6 +35,7 @@ from linkrouter.credentials import Credential
 from linkrouter.dialects import AnthropicShaper, Outgoing, Route, Shaper
 from linkrouter.errors import APIError, ErrorStyle, anthropic_style, write_error
 from linkrouter.metering import UsageMeter
+from linkrouter.metrics import Metrics
 from linkrouter.tokens import Gatekeeper, TokenClaims
 
 OAUTH_BETA = b"oauth-2025-04-20"
@@ -280,16 +282,22 @@ class Proxy:
     usage: UsageSink
     route: Route = messages_route()
     style: ErrorStyle = anthropic_style
-    verbose: bool = False
+    dialect: str = "messages"
+    metrics: Metrics | None = None
     _log = Logger()
 
     def serve(self, request: IRequest, claims: TokenClaims) -> int:
         exchange = _Exchange(request, claims, note(request))
+        exchange.note.dialect = self.dialect
+        if self.metrics is not None:
+            inflight = self.metrics.inflight
+            inflight.inc()
+            request.notifyFinish().addBoth(lambda _: inflight.dec())
         d = Deferred.fromCoroutine(self._exchange(exchange))
 
         def gone(reason: Failure) -> None:
             exchange.gone = True
-            log_access(request, self.verbose, status="client-gone")
+            log_access(request, status="client-gone")
             if exchange.producer is not None:
                 exchange.producer.stopProducing()
             if exchange.pending is not None:
@@ -321,6 +329,7 @@ class Proxy:
         """
         request = exchange.request
         outgoing = self.route(request)
+        exchange.note.route = route_label(outgoing.path)
         exchange.shaper = outgoing.shaper or AnthropicShaper()
         session = (request.requestHeaders.getRawHeaders(b"x-claude-code-session-id")
                    or [b""])[0].decode("latin-1") or None
@@ -361,8 +370,16 @@ class Proxy:
         request = exchange.request
         exchange.note.credential_source = credential.source
         headers = upstream_headers(request.requestHeaders, credential, outgoing.betas)
-        return await self._send(exchange, request.method, url, headers,
-                                body_producer(outgoing.body, self.upstream.cooperator))
+        producer = body_producer(outgoing.body, self.upstream.cooperator)
+        if self.metrics is not None and producer is not None and isinstance(
+                producer.length, int):
+            self.metrics.bytes.labels("up").inc(producer.length)
+        started = time.monotonic()
+        response = await self._send(exchange, request.method, url, headers, producer)
+        if self.metrics is not None:
+            self.metrics.upstream_latency.labels(self.dialect).observe(
+                time.monotonic() - started)
+        return response
 
     def _exhausted(self, exchange: _Exchange, rate_limited: tuple[Any, bytes] | None,
                    problems: list[str]) -> None:
@@ -446,8 +463,7 @@ class Proxy:
                 raise ConnectionError("client went away")
             shaped = shaper.feed(data)
             if shaped:
-                request.write(shaped)
-                exchange.note.sent_bytes += len(shaped)
+                self._sent(exchange, shaped)
             meter.feed(data)
 
         try:
@@ -461,14 +477,24 @@ class Proxy:
         self._unregister(exchange)
         tail = shaper.close()
         if tail:
-            request.write(tail)
-            exchange.note.sent_bytes += len(tail)
+            self._sent(exchange, tail)
         meter.close()
         if 200 <= response.code < 300:
             self.usage.record(exchange.claims, meter.input_tokens, meter.output_tokens)
         else:
             self.usage.record(exchange.claims)
         request.finish()
+
+    def _sent(self, exchange: _Exchange, data: bytes) -> None:
+        exchange.request.write(data)
+        access = exchange.note
+        access.sent_bytes += len(data)
+        if self.metrics is not None:
+            self.metrics.bytes.labels("down").inc(len(data))
+            if access.first_byte is None:
+                access.first_byte = time.monotonic()
+                self.metrics.first_byte.labels(self.dialect).observe(
+                    access.first_byte - access.started)
 
     def _unregister(self, exchange: _Exchange) -> None:
         if exchange.producer is not None:
@@ -500,6 +526,18 @@ class Proxy:
         write_error(request, error, self.style)
 
 
+def route_label(path: bytes) -> str:
+    """A bounded name for an upstream path, for metrics."""
+    path = path.split(b"?", 1)[0]
+    if path == b"/v1/messages":
+        return "messages"
+    if path == b"/v1/messages/count_tokens":
+        return "count_tokens"
+    if path.startswith(b"/v1/models"):
+        return "models"
+    return "other"
+
+
 def _why(e: BaseException) -> str:
     """A short, secret-free reason for a connection failure."""
     reasons = getattr(e, "reasons", None)
@@ -524,16 +562,22 @@ class TokenGate(Resource):
     isLeaf = True
 
     def __init__(self, gatekeeper: Gatekeeper, inner: Server,
-                 style: ErrorStyle = anthropic_style) -> None:
+                 style: ErrorStyle = anthropic_style, metrics: Metrics | None = None,
+                 dialect: str = "messages") -> None:
         super().__init__()
         self._gatekeeper = gatekeeper
         self._inner = inner
         self._style = style
+        self._metrics = metrics
+        self._dialect = dialect
 
     def render(self, request: IRequest) -> int | bytes:
         try:
             claims = self._gatekeeper.admit(request)
         except APIError as error:
+            note(request).dialect = self._dialect
+            if self._metrics is not None:
+                self._metrics.rejections.labels(getattr(error, "reason", "other")).inc()
             request.setResponseCode(error.status)
             return self._style(error, request.responseHeaders)
         note(request).token_id = claims.id

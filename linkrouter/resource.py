@@ -15,6 +15,7 @@ it, and stop reading a chunked body once it passes the limit.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,8 @@ from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
-from linkrouter.access import log_access, note
+from linkrouter.access import REQUEST_ID_HEADER, AccessLog, log_access, note
+from linkrouter.admin import MetricsResource
 from linkrouter.config import DEFAULT_MAX_BODY_SIZE
 from linkrouter.errors import APIError, ErrorResource, error_body
 
@@ -110,6 +112,7 @@ def build_tree(
     bedrock: IResource | None = None,
     profiles: IResource | None = None,
     vertex: IResource | None = None,
+    metrics: IResource | None = None,
 ) -> Resource:
     """
     Assemble the client-facing tree.
@@ -121,6 +124,7 @@ def build_tree(
     @param bedrock: serves C{/model/...} (Bedrock runtime), or C{None} (404).
     @param profiles: serves C{/inference-profiles} (Bedrock control plane), or C{None}.
     @param vertex: serves Vertex paths, or C{None} (404).
+    @param metrics: serves C{/metrics} (behind the admin key), or C{None}.
     """
     def dialect(name: str, served: IResource | None, label: str) -> IResource:
         if name not in api_formats:
@@ -151,17 +155,29 @@ def build_tree(
     for name, endpoint in (admin or {}).items():
         api.putChild(name, endpoint)
     root.putChild(b"api", api)
+    if metrics is not None:
+        root.putChild(b"metrics", metrics)
     return root
 
 
-def admin_tree(admin: Mapping[bytes, IResource]) -> Resource:
-    """The tree served on C{--admin-listen} endpoints: the admin API and /health only."""
+def admin_tree(admin: Mapping[bytes, IResource], metrics: IResource | None = None) -> Resource:
+    """The tree served on C{--admin-listen} endpoints: the admin API, /metrics, /health."""
     root = Root()
     root.putChild(b"health", PlainText(b"ok"))
     api = Resource()
     for name, endpoint in admin.items():
         api.putChild(name, endpoint)
     root.putChild(b"api", api)
+    if metrics is not None:
+        root.putChild(b"metrics", metrics)
+    return root
+
+
+def metrics_tree(metrics: Any) -> Resource:
+    """The tree served on C{--metrics-listen} endpoints: /metrics without a key, /health."""
+    root = Root()
+    root.putChild(b"health", PlainText(b"ok"))
+    root.putChild(b"metrics", MetricsResource(metrics))
     return root
 
 
@@ -186,7 +202,8 @@ class _Discard:
 
 class RouterRequest(server.Request):
     """
-    A request that enforces the site's body-size limit while the body arrives.
+    A request that carries a request id, enforces the site's body-size limit while the
+    body arrives, and counts itself in flight while the site drains.
 
     Over HTTP/1.1 an oversized body is answered with 413 as soon as its size is known,
     then discarded as it keeps coming (a client still sending would otherwise see a reset
@@ -198,9 +215,12 @@ class RouterRequest(server.Request):
     _answered = False
 
     @property
+    def _site(self) -> Any:
+        return getattr(self.channel, "site", None)
+
+    @property
     def _limit(self) -> int:
-        site = getattr(self.channel, "site", None)
-        return getattr(site, "max_body_size", DEFAULT_MAX_BODY_SIZE)
+        return getattr(self._site, "max_body_size", DEFAULT_MAX_BODY_SIZE)
 
     def gotLength(self, length: int | None) -> None:  # noqa: N802 - twisted.web API
         note(self)
@@ -238,14 +258,14 @@ class RouterRequest(server.Request):
         self.method = getattr(self.channel, "_command", b"-")
         self.path = getattr(self.channel, "_path", b"-").split(b"?")[0]
         self.code = 413
-        log_access(self, getattr(getattr(self.channel, "site", None), "verbose", False))
-        error = self._error()
-        body = error.body()
+        log_access(self)
+        body = self._error().body()
         transport = self.channel.transport
         transport.write(
             b"HTTP/1.1 413 Request Entity Too Large\r\n"
             b"content-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n"
+            + REQUEST_ID_HEADER + b": " + note(self).request_id.encode() + b"\r\n"
             b"connection: close\r\n\r\n" + body
         )
         try:
@@ -259,31 +279,87 @@ class RouterRequest(server.Request):
     def process(self) -> None:
         if self._answered:
             return  # already answered; the connection is closing
+        access = note(self)
+        self.responseHeaders.setRawHeaders(REQUEST_ID_HEADER, [access.request_id.encode()])
+        site = self._site
+        if site is not None:
+            if site.hsts and self.isSecure():
+                self.responseHeaders.setRawHeaders(b"strict-transport-security",
+                                                   [site.hsts.encode()])
+            site.began(self)
         if self._too_large:
             self.setResponseCode(413)
             self.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
             self.write(error_body("request_too_large", self._error().message))
             self.finish()
             return
-        note(self)
         super().process()
 
 
 class RouterSite(server.Site):
-    """The site: our request class, no form parsing, no tracebacks, our access log."""
+    """
+    The site: our request class, no form parsing, no tracebacks, our access log, and
+    what a graceful stop needs (the connections, the requests in flight).
+    """
 
     displayTracebacks = False
+    noisy = False
 
     def __init__(
         self, resource: IResource, *, reactor: Any = None,
-        max_body_size: int = DEFAULT_MAX_BODY_SIZE, verbose: bool = False,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE, access: AccessLog | None = None,
+        hsts: str | None = None,
     ) -> None:
         super().__init__(
             resource, requestFactory=RouterRequest, parsePOSTFormSubmission=False,
             reactor=reactor,
         )
         self.max_body_size = max_body_size
-        self.verbose = verbose
+        self.access = access or AccessLog()
+        self.hsts = hsts
+        self.draining = False
+        self.inflight: set[IRequest] = set()
+        self._protocols: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - twisted API
+        protocol = super().buildProtocol(addr)
+        self._protocols.add(protocol)
+        return protocol
+
+    def began(self, request: IRequest) -> None:
+        """A request is being answered; while draining, its connection closes after it."""
+        self.inflight.add(request)
+        request.notifyFinish().addBoth(lambda _: self.inflight.discard(request))
+        if self.draining:
+            _close_after(request)
+
+    def drain(self) -> None:
+        """Stop keeping connections alive: idle ones close now, busy ones after their answer."""
+        self.draining = True
+        for protocol in list(self._protocols):
+            channel = getattr(protocol, "_channel", protocol)
+            busy = getattr(channel, "requests", None) or getattr(channel, "streams", None)
+            if busy:
+                for request in list(self.inflight):
+                    _close_after(request)
+            elif getattr(channel, "transport", None) is not None:
+                channel.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Close every connection that is still open (the grace period is over)."""
+        for protocol in list(self._protocols):
+            channel = getattr(protocol, "_channel", protocol)
+            transport = getattr(channel, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
 
     def log(self, request: IRequest) -> None:
-        log_access(request, self.verbose)
+        self.access.done(request)
+
+
+def _close_after(request: IRequest) -> None:
+    channel = getattr(request, "channel", None)
+    if isinstance(channel, http.HTTPChannel):
+        channel.persistent = False
+        if not request.startedWriting:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])

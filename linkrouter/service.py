@@ -10,7 +10,9 @@ raises L{ConfigError} naming the option.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import signal
+from collections.abc import Callable, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
@@ -20,10 +22,10 @@ from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import Cooperator, LoopingCall
+from twisted.internet.task import Cooperator, LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
@@ -32,16 +34,18 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from linkrouter.access import AccessLog
 from linkrouter.accounts import AccountPool, build_accounts
-from linkrouter.admin import TokenAdmin, admin_resources
+from linkrouter.admin import MetricsResource, TokenAdmin, admin_resources
 from linkrouter.config import Config, ConfigError, Secrets, load_secrets
 from linkrouter.credentials import claude_homes
 from linkrouter.dialects import Aliases, Route, aws_style, bedrock_route, vertex_route
 from linkrouter.errors import ErrorStyle, anthropic_style
+from linkrouter.metrics import Metrics
 from linkrouter.oauth import TokenEndpoint
 from linkrouter.profiles import InferenceProfiles, ModelCatalogue
 from linkrouter.proxy import Proxy, TokenGate, Upstream, messages_route
-from linkrouter.resource import RouterSite, admin_tree, build_tree
+from linkrouter.resource import RouterSite, admin_tree, build_tree, metrics_tree
 from linkrouter.store import (
     Database,
     RevocationCache,
@@ -51,6 +55,7 @@ from linkrouter.store import (
     prepare,
     redact_url,
 )
+from linkrouter.systemd import Notifier
 from linkrouter.tokens import Gatekeeper, TokenAuthority
 
 _log = Logger(namespace="linkrouter")
@@ -115,6 +120,7 @@ class Router:
     pool: AccountPool
     upstream: Upstream
     admin: TokenAdmin
+    metrics: Metrics
 
     def resources(self) -> tuple[IResource, IResource | None]:
         """The client tree, and the admin tree when the admin API has its own listeners."""
@@ -122,9 +128,10 @@ class Router:
 
         aliases = Aliases.parse(config.model_aliases)
 
-        def gate(route: Route, style: ErrorStyle = anthropic_style) -> IResource:
-            proxy = Proxy(self.pool, self.upstream, self.usage, route, style, config.verbose)
-            return TokenGate(self.gatekeeper, proxy, style)
+        def gate(route: Route, dialect: str, style: ErrorStyle = anthropic_style) -> IResource:
+            proxy = Proxy(self.pool, self.upstream, self.usage, route, style, dialect,
+                          self.metrics)
+            return TokenGate(self.gatekeeper, proxy, style, self.metrics, dialect)
 
         hint = (
             "in " + self.secrets.admin_key_source
@@ -132,18 +139,20 @@ class Router:
             else "set by --admin-key"
         )
         admin = admin_resources(self.admin, self.pool.to_json, self.secrets.admin_key, hint)
+        guarded_metrics = MetricsResource(self.metrics, self.secrets.admin_key, hint)
         separate = bool(config.admin_listen)
         tree = build_tree(
-            gate(messages_route()),
-            gate(messages_route(b"/api/latest/anthropic")),
+            gate(messages_route(), "messages"),
+            gate(messages_route(b"/api/latest/anthropic"), "messages"),
             None if separate else admin,
             config.api_formats,
-            bedrock=gate(bedrock_route(aliases), aws_style),
+            bedrock=gate(bedrock_route(aliases), "bedrock", aws_style),
             profiles=InferenceProfiles(ModelCatalogue(self.pool, self.upstream),
                                        self.gatekeeper),
-            vertex=gate(vertex_route(aliases)),
+            vertex=gate(vertex_route(aliases), "vertex"),
+            metrics=None if separate else guarded_metrics,
         )
-        return tree, admin_tree(admin) if separate else None
+        return tree, admin_tree(admin, guarded_metrics) if separate else None
 
 
 class StoreService(Service):
@@ -235,8 +244,11 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, adbapi.Connectio
         config.upstream_timeout,
     )
     admin = TokenAdmin(authority, store, revocations, reactor)
+    metrics = Metrics(accounts.to_json)
+    for account in accounts.accounts:
+        account.on_refresh = lambda outcome: metrics.refreshes.labels(outcome).inc()
     router = Router(config, secrets, store, revocations, usage, gatekeeper, accounts,
-                    upstream, admin)
+                    upstream, admin, metrics)
     return router, pool, http_pool
 
 
@@ -246,17 +258,35 @@ def _scheduler(reactor: Any) -> Any:
 
 class RouterService(MultiService):
     """
-    The router's top service. C{listeners} and C{admin_listeners} are its
-    C{StreamServerEndpointService}s, in the order given.
+    The router's top service: its children are the store, the upstream connection pool
+    and the listeners (C{listeners}, C{admin_listeners}, C{other_listeners}, in the
+    order given).
+
+    It tells systemd when it is ready, reloading or stopping; on stop it drains: the
+    listeners close first, idle connections close, requests in flight get
+    C{shutdown_grace} seconds to finish, then whatever is left is cut and the store closes.
+    Under twistd it handles SIGTERM itself (so the exit status is 0) and SIGHUP (reload
+    the TLS certificate and re-read credential files).
     """
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, reactor: Any, notifier: Notifier | None = None) -> None:
         super().__init__()
         self.router = router
+        self.reactor = reactor
+        self.notifier = notifier or Notifier({})
         self.listeners: list[StreamServerEndpointService] = []
         self.admin_listeners: list[StreamServerEndpointService] = []
+        self.other_listeners: list[StreamServerEndpointService] = []
+        self.sites: list[RouterSite] = []
+        self.tls: list[Any] = []
         #: Called instead of raising when a listener cannot bind (twistd: print, exit 1).
         self.on_config_error: Callable[[ConfigError], None] | None = None
+        #: Install SIGTERM/SIGHUP handlers when the reactor runs (twistd and the .tac).
+        self.handle_signals = False
+
+    @property
+    def all_listeners(self) -> list[StreamServerEndpointService]:
+        return self.listeners + self.admin_listeners + self.other_listeners
 
     def privilegedStartService(self) -> None:  # noqa: N802 - twisted API
         """Bind the listeners; a port that cannot be bound is a configuration error."""
@@ -273,12 +303,86 @@ class RouterService(MultiService):
                     raise error from None
                 self.on_config_error(error)
 
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        if self.handle_signals:
+            self.reactor.callWhenRunning(self._install_signals)
+        Deferred.fromCoroutine(self.ports()).addCallbacks(
+            self._ready, lambda f: _log.failure("A listener failed to start", f))
+
+    def _ready(self, ports: list[IListeningPort]) -> None:
+        where = ", ".join(_address(p) for p in ports)
+        _log.info("linkrouter is ready on {where}", where=where)
+        self.notifier.ready(f"serving on {where}")
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.reactor.stop)
+
+        def reload(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self.reload)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def reload(self) -> Deferred[None]:
+        """SIGHUP: reload TLS certificates and re-read credential files, keeping streams."""
+        return Deferred.fromCoroutine(self._reload())
+
+    async def _reload(self) -> None:
+        self.notifier.reloading()
+        _log.info("Reloading (SIGHUP)")
+        for tls in self.tls:
+            if tls.reload():
+                _log.info("TLS certificate reloaded: {subject}, valid until {until}",
+                          subject=tls.subject, until=tls.not_after.isoformat())
+        for account in self.router.pool.accounts:
+            if account.home is not None:
+                try:
+                    await account.home.credential(force=True)
+                except Exception:  # noqa: BLE001 - a bad file must not stop the reload
+                    _log.failure("Re-reading {path} failed", path=str(account.home.path))
+        self.notifier.ready("reloaded")
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        self.notifier.stopping()
+        Service.stopService(self)
+        grace = self.router.config.shutdown_grace
+        await gatherResults([maybeDeferred(listener.stopService)
+                             for listener in self.all_listeners if listener.running],
+                            consumeErrors=True)
+        for site in self.sites:
+            site.drain()
+        deadline = self.reactor.seconds() + grace
+        if any(site.inflight for site in self.sites):
+            _log.info("Stopping: waiting up to {grace:g} s for requests in flight",
+                      grace=grace)
+        while any(site.inflight for site in self.sites) and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.05, lambda: None)
+        left = sum(len(site.inflight) for site in self.sites)
+        if left:
+            _log.warn("Stopping: cutting {n} request(s) still in flight", n=left)
+        for site in self.sites:
+            site.abort()
+        for child in reversed(list(self)):
+            if child not in self.all_listeners and child.running:
+                await maybeDeferred(child.stopService)
+
     async def ports(self) -> list[IListeningPort]:
         """The bound ports of all listeners (after start-up), e.g. to learn port 0's."""
         return [
             await listener._waitingForPort  # noqa: SLF001 - the service keeps no public handle
-            for listener in self.listeners + self.admin_listeners
+            for listener in self.all_listeners
         ]
+
+
+def _address(port: IListeningPort) -> str:
+    host = port.getHost()
+    return f"{getattr(host, 'host', '?')}:{getattr(host, 'port', '?')}"
 
 
 def _why_bind(error: CannotListenError) -> str:
@@ -311,28 +415,72 @@ def _listen(descriptions: tuple[str, ...], site: RouterSite, reactor: Any, optio
         into.append(listener)
 
 
-def makeService(config: Config, reactor: Any = None) -> RouterService:  # noqa: N802
+HSTS = "max-age=63072000"
+
+
+def makeService(config: Config, reactor: Any = None,  # noqa: N802
+                environ: Mapping[str, str] | None = None) -> RouterService:
     """The router as a service: store, pollers and listeners."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     router, pool, http_pool = build_router(config, reactor)
-    parent = RouterService(router)
+    parent = RouterService(router, reactor, Notifier(os.environ if environ is None else environ))
     StoreService(pool, router, reactor).setServiceParent(parent)
     _PoolService(http_pool).setServiceParent(parent)
 
+    access = AccessLog(config.verbose, router.metrics)
+    hsts = HSTS if config.hsts else None
+
+    def site(resource: IResource, max_body: int) -> RouterSite:
+        made = RouterSite(resource, reactor=reactor, max_body_size=max_body, access=access,
+                          hsts=hsts)
+        parent.sites.append(made)
+        return made
+
     tree, admin = router.resources()
-    site = RouterSite(tree, reactor=reactor, max_body_size=config.max_body_size,
-                      verbose=config.verbose)
-    site.noisy = False
-    _listen(config.listen, site, reactor, "--listen", parent, parent.listeners)
+    main = site(tree, config.max_body_size)
+    _listen(config.listen, main, reactor, "--listen", parent, parent.listeners)
+    if config.tls_cert is not None and config.tls_key is not None:
+        parent.tls.append(_tls_listener(config, main, reactor, parent))
     if admin is not None:
-        admin_site = RouterSite(admin, reactor=reactor, max_body_size=64 * 1024,
-                                verbose=config.verbose)
-        admin_site.noisy = False
-        _listen(config.admin_listen, admin_site, reactor, "--admin-listen", parent,
-                parent.admin_listeners)
+        _listen(config.admin_listen, site(admin, 64 * 1024), reactor, "--admin-listen",
+                parent, parent.admin_listeners)
+    if config.metrics_listen:
+        _listen(config.metrics_listen, site(metrics_tree(router.metrics), 1024), reactor,
+                "--metrics-listen", parent, parent.other_listeners)
     _log.info("Upstream {url}; serving dialects {formats}", url=config.upstream,
               formats=",".join(sorted(config.api_formats)))
     return parent
+
+
+def _tls_listener(config: Config, site: RouterSite, reactor: Any,
+                  parent: RouterService) -> Any:
+    """The --tls-cert listener: its certificate is reloaded on SIGHUP."""
+    from linkrouter.tls import ReloadableTLS, TLSConfigError, TLSServerEndpoint
+
+    assert config.tls_cert is not None and config.tls_key is not None
+    try:
+        tls = ReloadableTLS(config.tls_cert, config.tls_key, config.tls_chain)
+    except TLSConfigError as e:
+        raise ConfigError("--tls-cert", str(e)) from None
+    host = _default_host(config)
+    endpoint = TLSServerEndpoint(reactor, config.tls_port, tls, interface=host,
+                                 backlog=LISTEN_BACKLOG)
+    listener = StreamServerEndpointService(endpoint, site)
+    listener._raiseSynchronously = True  # noqa: SLF001 - as strports.service does
+    listener.setServiceParent(parent)
+    parent.other_listeners.append(listener)
+    _log.info("TLS listener on port {port} with {subject} (valid until {until})",
+              port=config.tls_port, subject=tls.subject, until=tls.not_after.isoformat())
+    return tls
+
+
+def _default_host(config: Config) -> str:
+    """The interface of the default listener (ROUTER_HOST), for the TLS listener too."""
+    first = config.listen[0] if config.listen else ""
+    for part in first.split(":"):
+        if part.startswith("interface="):
+            return part[len("interface="):].replace("\\", "")
+    return ""

@@ -43,6 +43,7 @@ class Options(usage.Options):
 
     optFlags = [
         ["verbose", "v", "Log upstream detail on each request. [env: VERBOSE=1]"],
+        ["hsts", None, "Send Strict-Transport-Security on TLS responses. [env: LINKROUTER_HSTS=1]"],
     ]
 
     optParameters = [
@@ -86,6 +87,21 @@ class Options(usage.Options):
         ["oauth-client-id", None, None,
          "OAuth client id used when refreshing Claude logins. [env: OAUTH_CLIENT_ID; "
          "default Claude Code's]"],
+        ["tls-cert", None, None,
+         "Certificate (PEM, leaf first; intermediates may follow) for a TLS listener that "
+         "SIGHUP reloads. [env: LINKROUTER_TLS_CERT]"],
+        ["tls-key", None, None, "Private key (PEM) for --tls-cert. [env: LINKROUTER_TLS_KEY]"],
+        ["tls-chain", None, None,
+         "Intermediate certificates (PEM) sent after --tls-cert. [env: LINKROUTER_TLS_CHAIN]"],
+        ["tls-port", None, None,
+         "Port of the --tls-cert listener (on ROUTER_HOST). [env: LINKROUTER_TLS_PORT; "
+         "default 8443]"],
+        ["shutdown-grace", None, None,
+         "Seconds in-flight requests and streams get to finish on SIGTERM. "
+         "[env: LINKROUTER_SHUTDOWN_GRACE; default 30]"],
+        ["log-format", None, None,
+         "text or json (one JSON object per line, for journald/ELK). "
+         "[env: LINKROUTER_LOG_FORMAT; default text]"],
         ["upstream-timeout", None, None,
          f"Seconds to wait for the upstream's response headers before answering 504. "
          f"[env: LINKROUTER_UPSTREAM_TIMEOUT; default {DEFAULT_UPSTREAM_TIMEOUT:g}]"],
@@ -98,6 +114,7 @@ class Options(usage.Options):
         self["admin_listen"] = []
         self["claude_code_homes"] = []
         self["model_aliases"] = []
+        self["metrics_listen"] = []
 
     @_one_line
     def opt_listen(self, description: str) -> None:
@@ -125,6 +142,14 @@ class Options(usage.Options):
         self["claude_code_homes"].append(directory)
 
     @_one_line
+    def opt_metrics_listen(self, description: str) -> None:
+        """
+        Endpoint serving GET /metrics without the admin key (repeatable), e.g.
+        tcp:9100:interface=127.0.0.1. [env: LINKROUTER_METRICS_LISTEN]
+        """
+        self["metrics_listen"].append(description)
+
+    @_one_line
     def opt_model_alias(self, rule: str) -> None:
         """
         Rename a model after the Bedrock/Vertex id is normalised, FROM=TO (repeatable),
@@ -139,6 +164,10 @@ class Options(usage.Options):
             self.config: Config = resolve_config(raw, self.environ)
         except ConfigError as e:
             raise ConfigUsageError(str(e)) from None
+        parent = getattr(self, "parent", None)
+        if self.config.log_format == "json" and parent is not None and not parent.get("logger"):
+            # twistd builds its log observer from its own --logger after parsing options.
+            parent["logger"] = "linkrouter.logs.json_observer"
 
     def parseOptions(self, options: Any = None) -> None:  # noqa: N802
         try:

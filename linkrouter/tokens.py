@@ -48,12 +48,19 @@ class TokenClaims:
     expires_at: int
 
 
+@frozen
 class TokenError(APIError):
-    """A router token was refused; C{message} says why (never the token itself)."""
+    """
+    A router token was refused; C{message} says why (never the token itself) and
+    C{reason} names the kind of refusal for metrics (missing, not_router_token, malformed,
+    bad_signature, bad_algorithm, expired, revoked).
+    """
+
+    reason: str = "malformed"
 
 
-def _refused(message: str) -> TokenError:
-    return TokenError(401, message, "authentication_error")
+def _refused(message: str, reason: str = "malformed") -> TokenError:
+    return TokenError(401, message, "authentication_error", reason)
 
 
 @frozen
@@ -111,7 +118,8 @@ class TokenAuthority:
             raise _refused(
                 "The credential is not a linkrouter token: router tokens start with "
                 f"'{TOKEN_PREFIX}'. Ask your router admin for one (POST /api/tokens or "
-                "`linkrouter tokens issue`)."
+                "`linkrouter tokens issue`).",
+                "not_router_token",
             )
         body = token[len(TOKEN_PREFIX) :]
         try:
@@ -125,7 +133,8 @@ class TokenAuthority:
         if alg != ALGORITHM:
             shown = alg if isinstance(alg, str) and _SAFE_ALG.match(alg) else "unsupported"
             raise _refused(
-                f"Router token is signed with algorithm '{shown}'; only {ALGORITHM} is accepted."
+                f"Router token is signed with algorithm '{shown}'; only {ALGORITHM} is accepted.",
+                "bad_algorithm",
             )
         try:
             payload = jwt.decode(
@@ -142,7 +151,8 @@ class TokenAuthority:
         except jwt.InvalidSignatureError:
             raise _refused(
                 "Router token signature is invalid: it was not issued by this router, "
-                "or the router's token secret has changed since."
+                "or the router's token secret has changed since.",
+                "bad_signature",
             ) from None
         except jwt.MissingRequiredClaimError as e:
             raise _refused(f"Malformed router token: it lacks the '{e.claim}' claim.") from None
@@ -174,7 +184,8 @@ class TokenAuthority:
 
 def _expired(exp: int) -> TokenError:
     return _refused(
-        f"Router token expired at {isoformat(exp)}. Ask your router admin for a new one."
+        f"Router token expired at {isoformat(exp)}. Ask your router admin for a new one.",
+        "expired",
     )
 
 
@@ -225,7 +236,8 @@ class Gatekeeper:
             raise _refused(
                 "Missing router token. Send it as 'Authorization: Bearer la_sk_...' or "
                 "'x-api-key: la_sk_...' (ANTHROPIC_AUTH_TOKEN or ANTHROPIC_API_KEY in "
-                "Claude Code)."
+                "Claude Code).",
+                "missing",
             )
         claims = self.authority.verify(token)
         if self.is_revoked(claims.id):
@@ -233,5 +245,6 @@ class Gatekeeper:
                 403,
                 f"Router token {claims.id} has been revoked. Ask your router admin for a new one.",
                 "permission_error",
+                "revoked",
             )
         return claims

@@ -154,10 +154,11 @@ async def start_router(
         "token_secret": TOKEN_SECRET,
         "admin_key": ADMIN_KEY,
         "upstream": upstream_url or fake_url,
+        "shutdown_grace": "1",
     }
     raw.update(flags)
     config = resolve(raw, env or {})
-    service = makeService(config, reactor)
+    service = makeService(config, reactor, environ={})
     service.startService()
 
     async def stop() -> None:

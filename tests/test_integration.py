@@ -522,5 +522,5 @@ class LogHygieneTests(TestCase):
         access = [line for line in running.logs.lines if " /v1/" in line and "token=" in line]
         self.assertEqual(len(access), 6, access)
         self.assertTrue(any("POST /v1/messages 200" in line and issued["id"] in line
-                            and "upstream_status=200" in line for line in access), access)
+                            and "upstream=200" in line for line in access), access)
         self.assertTrue(any("GET /v1/models 403" in line for line in access), access)
