@@ -95,7 +95,8 @@ class TokensOptions(usage.Options):
 
 
 class DoctorOptions(usage.Options):
-    synopsis = ""
+    synopsis = "[--online]"
+    optFlags = [["online", None, "Also check that the upstream answers (one HTTPS request)."]]
 
 
 class Options(DaemonOptions):
@@ -178,7 +179,7 @@ def _mode(path: os.PathLike[str] | str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def doctor(config: Config, out: TextIO) -> int:
+def doctor(config: Config, out: TextIO, online: bool = False) -> int:
     """Check what the daemon would need; print one line per check; 1 if any failed."""
     problems = 0
 
@@ -230,8 +231,44 @@ def doctor(config: Config, out: TextIO) -> int:
         report(False, "credential", AccountPool(accounts, WallClock()).missing_message([]))
     else:
         report(True, "credential", f"{usable} of {len(accounts)} account(s) usable")
-    report(True, "upstream", config.upstream)
+    for kind, path in (("TLS certificate", config.tls_cert), ("TLS key", config.tls_key),
+                       ("TLS chain", config.tls_chain)):
+        if path is not None and not os.access(path, os.R_OK):
+            report(False, kind, f"{path} is not readable")
+    if config.tls_cert is not None and config.tls_key is not None:
+        from linkrouter.tls import ReloadableTLS, TLSConfigError
+
+        try:
+            tls = ReloadableTLS(config.tls_cert, config.tls_key, config.tls_chain)
+        except TLSConfigError as e:
+            report(False, "TLS", str(e))
+        else:
+            days = (tls.not_after.timestamp() - time.time()) / 86400
+            report(None if days < 14 else True, "TLS",
+                   f"{tls.subject}, expires {tls.not_after:%Y-%m-%d} ({days:.0f} days)")
+    if online:
+        report(*_reachable(config.upstream))
+    else:
+        report(True, "upstream", f"{config.upstream} (not contacted; --online checks it)")
     return 1 if problems else 0
+
+
+def _reachable(url: str) -> tuple[bool, str, str]:
+    """One request to the upstream: any HTTP answer means it is reachable."""
+    import urllib.error
+    import urllib.request
+
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(url + "/v1/models", timeout=10) as answer:  # noqa: S310
+            status = answer.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        return False, "upstream", f"{url} unreachable: {reason}"
+    elapsed = (time.monotonic() - started) * 1000
+    return True, "upstream", f"{url} answered HTTP {status} in {elapsed:.0f} ms"
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
@@ -246,7 +283,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         if options.subCommand == "tokens":
             return tokens(options.config, options.subOptions, out)
-        return doctor(options.config, out)
+        return doctor(options.config, out, bool(options.subOptions["online"]))
     except (ConfigError, APIError) as e:
         message = e.message if isinstance(e, APIError) else str(e)
         sys.stderr.write(f"linkrouter: error: {message}\n")

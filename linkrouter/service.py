@@ -283,6 +283,7 @@ class RouterService(MultiService):
         self.on_config_error: Callable[[ConfigError], None] | None = None
         #: Install SIGTERM/SIGHUP handlers when the reactor runs (twistd and the .tac).
         self.handle_signals = False
+        self._watchdog: LoopingCall | None = None
 
     @property
     def all_listeners(self) -> list[StreamServerEndpointService]:
@@ -314,6 +315,11 @@ class RouterService(MultiService):
         where = ", ".join(_address(p) for p in ports)
         _log.info("linkrouter is ready on {where}", where=where)
         self.notifier.ready(f"serving on {where}")
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            self._watchdog = LoopingCall(self.notifier.watchdog)
+            self._watchdog.clock = self.reactor
+            self._watchdog.start(interval)
 
     def _install_signals(self) -> None:
         def stop(signum: int, frame: Any) -> None:
@@ -350,6 +356,8 @@ class RouterService(MultiService):
 
     async def _stop(self) -> None:
         self.notifier.stopping()
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
         Service.stopService(self)
         grace = self.router.config.shutdown_grace
         await gatherResults([maybeDeferred(listener.stopService)

@@ -198,4 +198,5 @@ def makeService(options: Options, reactor: Any = None) -> RouterService:  # noqa
         _stop(str(e))
     if reactor is None:
         service.on_config_error = lambda error: _stop(str(error))
+        service.handle_signals = True
     return service
