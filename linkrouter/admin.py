@@ -181,6 +181,8 @@ class _AdminResource(Resource):
                 return
             payload = json.dumps(body).encode("utf-8")
             request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+            request.responseHeaders.setRawHeaders(b"content-length",
+                                                  [str(len(payload)).encode()])
             request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
             request.write(payload)
             request.finish()

@@ -135,8 +135,12 @@ def downstream_headers(upstream: Headers, into: Headers) -> None:
     """Copy an upstream response's end-to-end headers onto the client response."""
     drop = NOT_DOWNSTREAM | _connection_listed(upstream)
     for name, values in upstream.getAllRawHeaders():
-        if name.lower() not in drop:
-            into.setRawHeaders(name, list(values))
+        lowered = name.lower()
+        if lowered in drop:
+            continue
+        if lowered == b"content-encoding" and not any(v.strip() for v in values):
+            continue  # Twisted's content decoder leaves an empty one behind
+        into.setRawHeaders(name, list(values))
 
 
 async def read_small(response: Any, limit: int = 1024 * 1024) -> bytes:

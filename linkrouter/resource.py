@@ -345,16 +345,33 @@ class RouterSite(server.Site):
             elif getattr(channel, "transport", None) is not None:
                 channel.transport.loseConnection()
 
-    def abort(self) -> None:
-        """Close every connection that is still open (the grace period is over)."""
+    def close(self, abort: bool = False) -> None:
+        """
+        Close every connection: gracefully (what is written still reaches the client),
+        or with C{abort} at once (the grace period is over).
+        """
         for protocol in list(self._protocols):
             channel = getattr(protocol, "_channel", protocol)
             transport = getattr(channel, "transport", None)
-            if transport is not None:
-                transport.abortConnection()
+            if transport is not None and _open(channel):
+                if abort:
+                    transport.abortConnection()
+                else:
+                    transport.loseConnection()
+
+    def open_connections(self) -> int:
+        return sum(1 for p in list(self._protocols) if _open(getattr(p, "_channel", p)))
 
     def log(self, request: IRequest) -> None:
         self.access.done(request)
+
+
+def _open(channel: Any) -> bool:
+    """Whether the socket under a channel (through any TLS layer) is still connected."""
+    transport = getattr(channel, "transport", None)
+    while transport is not None and not hasattr(transport, "socket"):
+        transport = getattr(transport, "transport", None)
+    return bool(transport is not None and transport.connected)
 
 
 def _close_after(request: IRequest) -> None:

@@ -375,7 +375,12 @@ class RouterService(MultiService):
         if left:
             _log.warn("Stopping: cutting {n} request(s) still in flight", n=left)
         for site in self.sites:
-            site.abort()
+            site.close(abort=bool(left))
+        # Let what was written reach the clients before the reactor drops the sockets.
+        flush_until = self.reactor.seconds() + 2.0
+        while (any(site.open_connections() for site in self.sites)
+               and self.reactor.seconds() < flush_until):
+            await deferLater(self.reactor, 0.02, lambda: None)
         for child in reversed(list(self)):
             if child not in self.all_listeners and child.running:
                 await maybeDeferred(child.stopService)
