@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import stat
 from email.utils import formatdate
 from pathlib import Path
@@ -44,32 +43,9 @@ from linkrouter.oauth import TERMINAL_ERRORS, TokenEndpoint
 from linkrouter.testing import FakeTokenEndpoint
 
 from .harness import LogCapture, capture_logs
+from .test_oauth import CLIENT_ID, NOW, TOKEN_URL, claude_code_file, random_secret
 
-#: A moment well after the epoch, so expiry times look like real ones.
-NOW = 1_800_000_000.0
-TOKEN_URL = "https://console.example.test/v1/oauth/token"
-CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
 HOUR = 3600.0
-
-
-def random_secret(kind: str) -> str:
-    """A secret that cannot appear anywhere by accident."""
-    return f"sk-ant-{kind}-" + secrets.token_hex(12)
-
-
-def claude_code_file(access: str, refresh: str, expires_at: float) -> dict[str, Any]:
-    """A C{.credentials.json} in Claude Code's format, with the keys it keeps beside ours."""
-    return {
-        "claudeAiOauth": {
-            "accessToken": access,
-            "refreshToken": refresh,
-            "expiresAt": int(expires_at * 1000),
-            "scopes": ["user:inference", "user:profile"],
-            "subscriptionType": "max",
-        },
-        "mcpOAuth": {"github|abc123": {"serverName": "github", "clientId": "mcp-client",
-                                       "expiresAt": 1_700_000_000_000}},
-    }
 
 
 def write(path: Path, data: Any) -> None:
