@@ -261,10 +261,19 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
 
     def secret(value_key: str, file_key: str, value_env: str, file_env: str
                ) -> tuple[str | None, Path | None]:
-        """A value or a file: flags first (value, then file), then the environment."""
+        """
+        A value or a file: flags first (value, then file), then the environment, then a
+        systemd credential of the same name (C{$CREDENTIALS_DIRECTORY/token-secret}).
+        """
         if raw.get(value_key) is not None or raw.get(file_key) is not None:
             return _pick(raw, {}, value_key), path(_pick(raw, {}, file_key))
-        return _pick({}, env, value_key, value_env), path(_pick({}, env, file_key, file_env))
+        value = _pick({}, env, value_key, value_env)
+        file = path(_pick({}, env, file_key, file_env))
+        if value is None and file is None and env.get("CREDENTIALS_DIRECTORY"):
+            credential = Path(env["CREDENTIALS_DIRECTORY"]) / value_key.replace("_", "-")
+            if credential.is_file():
+                file = credential
+        return value, file
 
     token_secret, token_secret_file = secret(
         "token_secret", "token_secret_file", "TOKEN_SECRET", "TOKEN_SECRET_FILE")

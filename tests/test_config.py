@@ -525,3 +525,31 @@ class LoadSecretsTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, load_secrets, self.config())
         self.assertEqual(error.option, "--data-dir")
         self.assertIn(str(self.data_dir), str(error))
+
+
+class SystemdCredentialTests(SynchronousTestCase):
+    """Secrets handed over by systemd's LoadCredential= are found without flags."""
+
+    def test_credentials_directory(self) -> None:
+        """$CREDENTIALS_DIRECTORY/token-secret and /admin-key are used when nothing is set."""
+        base = Path(self.mktemp())
+        credentials = base / "credentials"
+        credentials.mkdir(parents=True)
+        (credentials / "token-secret").write_text("from-systemd-token-secret-0123456789\n")
+        (credentials / "admin-key").write_text("from-systemd-admin-key\n")
+        env = {"CREDENTIALS_DIRECTORY": str(credentials), "HOME": str(base)}
+        config = resolve({"data_dir": str(base / "state")}, env)
+        self.assertEqual(config.token_secret_file, credentials / "token-secret")
+        loaded = load_secrets(config)
+        self.assertEqual((loaded.token_secret, loaded.admin_key),
+                         ("from-systemd-token-secret-0123456789", "from-systemd-admin-key"))
+        self.assertEqual(loaded.generated, ())
+
+    def test_flags_win(self) -> None:
+        """An explicit --token-secret still wins over the systemd credential."""
+        credentials = Path(self.mktemp())
+        credentials.mkdir()
+        (credentials / "token-secret").write_text("from-systemd\n")
+        config = resolve({"token_secret": "from-flag"},
+                         {"CREDENTIALS_DIRECTORY": str(credentials), "HOME": "/nonexistent"})
+        self.assertEqual((config.token_secret, config.token_secret_file), ("from-flag", None))
