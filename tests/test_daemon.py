@@ -263,3 +263,31 @@ def _get(port: int, path: bytes) -> bytes:
 
 
 
+
+
+class JSONLogTests(TestCase):
+    """--log-format json: every line twistd writes is one JSON object."""
+
+    timeout = 60
+
+    async def test_json_lines(self) -> None:
+        """Start-up, access and shutdown lines are JSON; access lines carry their fields."""
+        _, upstream = await start_upstream(self)
+        daemon = Daemon(self, upstream, "--log-format", "json")
+        [http_port] = ports_of(await daemon.expect("READY=1"))
+        answer = await in_thread(_get, http_port, b"/health")
+        request_id = [line.split(b": ", 1)[1] for line in answer.split(b"\r\n")
+                      if line.lower().startswith(b"x-request-id")][0].decode()
+        daemon.signal(signal.SIGTERM)
+        self.assertEqual(await daemon.exit_status(), 0)
+        daemon.log.flush()
+        daemon.log.seek(0)
+        records = [json.loads(line) for line in daemon.log.read().splitlines() if line]
+        self.assertGreater(len(records), 5)
+        [access] = [r for r in records if r.get("access")]
+        self.assertEqual((access["method"], access["path"], access["status"],
+                          access["request_id"]), ("GET", "/health", 200, request_id))
+        self.assertTrue(all({"time", "level", "namespace", "message"} <= set(r)
+                            for r in records))
+        self.assertNotIn(SECRET, json.dumps(records))
+        self.assertNotIn(ADMIN, json.dumps(records))
