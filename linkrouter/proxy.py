@@ -20,6 +20,7 @@ from attrs import define, frozen
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol as BodyProtocol
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -141,6 +142,18 @@ def downstream_headers(upstream: Headers, into: Headers) -> None:
         if lowered == b"content-encoding" and not any(v.strip() for v in values):
             continue  # Twisted's content decoder leaves an empty one behind
         into.setRawHeaders(name, list(values))
+
+
+class _Dropper(BodyProtocol):
+    """Receives an answer nobody wants: closes its connection at once."""
+
+    def connectionMade(self) -> None:  # noqa: N802 - IProtocol
+        self.transport.stopProducing()
+
+
+def drop(response: Any) -> None:
+    """Discard an upstream answer (its client left): its connection is closed, not reused."""
+    response.deliverBody(_Dropper())
 
 
 async def read_small(response: Any, limit: int = 1024 * 1024) -> bytes:
@@ -358,6 +371,7 @@ class Proxy:
                     response = await self._attempt(exchange, url, outgoing, renewed)
                     self.pool.observe(account, response.headers)
             if exchange.gone:
+                drop(response)
                 return
             if response.code == 429:
                 body = await read_small(response)
