@@ -17,15 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
-from linkrouter.errors import APIError, write_error
+from linkrouter.errors import APIError, render_json
 from linkrouter.store import RevocationCache, TokenRecord, TokenStore
 from linkrouter.tokens import TokenAuthority, isoformat
 
@@ -153,7 +149,6 @@ class _AdminResource(Resource):
     """An admin endpoint: checks the admin key, answers JSON (or an Anthropic error)."""
 
     isLeaf = True
-    _log = Logger()
 
     def __init__(self, admin_key: str, key_hint: str) -> None:
         super().__init__()
@@ -172,34 +167,8 @@ class _AdminResource(Resource):
             )
 
     def render(self, request: IRequest) -> int | bytes:
-        d = Deferred.fromCoroutine(self._authorized_dispatch(request))
-        finished = []
-        request.notifyFinish().addBoth(finished.append)
-
-        def answered(body: dict[str, Any]) -> None:
-            if finished:
-                return
-            payload = json.dumps(body).encode("utf-8")
-            request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-            request.responseHeaders.setRawHeaders(b"content-length",
-                                                  [str(len(payload)).encode()])
-            request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
-            request.write(payload)
-            request.finish()
-
-        def failed(reason: Failure) -> None:
-            if finished:
-                return
-            if reason.check(APIError):
-                error = reason.value
-            else:
-                self._log.failure("Admin request {path} failed", reason, path=request.path)
-                error = APIError(500, "The token store failed; nothing was changed.")
-            write_error(request, error)
-
-        d.addCallbacks(answered, failed)
-        d.addErrback(lambda f: self._log.failure("Admin response failed", f))
-        return NOT_DONE_YET
+        return render_json(request, self._authorized_dispatch(request),
+                           APIError(500, "The token store failed; nothing was changed."))
 
     async def _authorized_dispatch(self, request: IRequest) -> dict[str, Any]:
         self._authorized(request)

@@ -11,12 +11,19 @@ it, and they never echo a secret.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+_log = Logger(namespace="linkrouter")
 
 #: The Anthropic error type that goes with each status the router itself produces.
 ERROR_TYPES: dict[int, str] = {
@@ -56,6 +63,52 @@ class APIError(Exception):
 
     def __str__(self) -> str:
         return f"{self.status} {self.error_type}: {self.message}"
+
+
+def short_reason(e: BaseException) -> str:
+    """A short, secret-free reason for a connection failure (the innermost one)."""
+    reasons = getattr(e, "reasons", None)
+    if reasons:
+        inner = reasons[0].value if isinstance(reasons[0], Failure) else reasons[0]
+        return short_reason(inner)
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:200]
+
+
+def render_json(request: IRequest, answer: Coroutine[Any, Any, Any], fallback: APIError,
+                style: ErrorStyle | None = None) -> int:
+    """
+    Answer C{request} with the JSON C{answer} produces, or with its L{APIError}, or
+    (logging it) C{fallback} for anything else; nothing once the client has gone.
+    Returns C{NOT_DONE_YET} for C{render}.
+    """
+    d = Deferred.fromCoroutine(answer)
+    gone: list[Failure] = []
+    request.notifyFinish().addErrback(gone.append)
+
+    def answered(body: Any) -> None:
+        if gone:
+            return
+        payload = json.dumps(body).encode("utf-8")
+        request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
+        request.responseHeaders.setRawHeaders(b"content-length", [str(len(payload)).encode()])
+        request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
+        request.write(payload)
+        request.finish()
+
+    def failed(reason: Failure) -> None:
+        if gone:
+            return
+        if reason.check(APIError):
+            error = reason.value
+        else:
+            _log.failure("{path} failed", reason, path=request.path)
+            error = fallback
+        write_error(request, error, style or anthropic_style)
+
+    d.addCallbacks(answered, failed)
+    d.addErrback(lambda f: _log.failure("Answering {path} failed", f, path=request.path))
+    return NOT_DONE_YET
 
 
 def error_body(error_type: str, message: str) -> bytes:

@@ -24,8 +24,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from linkrouter.bodies import read_small
 from linkrouter.config import CLAUDE_CODE_CLIENT_ID
 from linkrouter.credentials import Credential
+from linkrouter.errors import short_reason
 
 #: OAuth errors after which only a new login helps.
 TERMINAL_ERRORS = frozenset(
@@ -129,11 +131,11 @@ class TokenEndpoint:
                 headers={b"content-type": [b"application/json"],
                          b"accept": [b"application/json"]},
             )
-            body = await _bounded(response)
+            body = await read_small(response, MAX_ANSWER)
         except CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - any network failure is transient
-            raise RefreshFailed(f"token endpoint unreachable: {_short(e)}", False) from None
+            raise RefreshFailed(f"token endpoint unreachable: {short_reason(e)}", False) from None
         now = self.clock.seconds()
         if response.code == 200:
             return self._pair(body, refresh_token, now)
@@ -163,22 +165,6 @@ class TokenEndpoint:
         )
 
 
-async def _bounded(response: Any) -> bytes:
-    chunks: list[bytes] = []
-    size = [0]
-
-    def collect(data: bytes) -> None:
-        size[0] += len(data)
-        if size[0] > MAX_ANSWER:
-            raise ValueError("answer too large")
-        chunks.append(data)
-
-    import treq
-
-    await treq.collect(response, collect)
-    return b"".join(chunks)
-
-
 def _oauth_error(body: bytes) -> tuple[str | None, str | None]:
     """The C{error} and C{error_description} of an OAuth error answer (never a token)."""
     try:
@@ -194,13 +180,6 @@ def _oauth_error(body: bytes) -> tuple[str | None, str | None]:
     description = data.get("error_description")
     return (str(error)[:100] if error else None,
             str(description)[:200] if description else None)
-
-
-def _short(e: BaseException) -> str:
-    reasons = getattr(e, "reasons", None)
-    if reasons:
-        return _short(reasons[0].value)
-    return (str(e).strip() or type(e).__name__).splitlines()[0][:200]
 
 
 def write_back(path: Path, pair: TokenPair) -> None:

@@ -17,18 +17,15 @@ from typing import Any
 from urllib.parse import unquote
 
 from attrs import define
-from twisted.internet.defer import Deferred
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from linkrouter.accounts import AccountPool, AccountUnavailable
+from linkrouter.bodies import read_small
 from linkrouter.dialects import aws_style, bedrock_model
-from linkrouter.errors import APIError, write_error
-from linkrouter.proxy import Upstream, read_small, upstream_headers
+from linkrouter.errors import APIError, render_json
+from linkrouter.proxy import Upstream, upstream_headers
 from linkrouter.tokens import Gatekeeper, presented_token
 
 CACHE_SECONDS = 600.0
@@ -65,7 +62,6 @@ class ModelCatalogue:
     upstream: Upstream
     cached: list[dict[str, Any]] | None = None
     fetched_at: float | None = None
-    _log = Logger()
 
     async def models(self) -> list[dict[str, Any]]:
         now = self.upstream.reactor.seconds()
@@ -100,7 +96,6 @@ class InferenceProfiles(Resource):
     """C{GET /inference-profiles[?type=...]} and C{GET /inference-profiles/{id}}."""
 
     isLeaf = True
-    _log = Logger()
 
     def __init__(self, catalogue: ModelCatalogue, gatekeeper: Gatekeeper) -> None:
         super().__init__()
@@ -108,27 +103,8 @@ class InferenceProfiles(Resource):
         self._gatekeeper = gatekeeper
 
     def render(self, request: IRequest) -> int | bytes:
-        d = Deferred.fromCoroutine(self._answer(request))
-        gone: list[Failure] = []
-        request.notifyFinish().addErrback(gone.append)
-
-        def answered(body: dict[str, Any]) -> None:
-            if not gone:
-                request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-                request.write(json.dumps(body).encode())
-                request.finish()
-
-        def failed(reason: Failure) -> None:
-            if gone:
-                return
-            if not reason.check(APIError):
-                self._log.failure("Listing inference profiles failed", reason)
-            error = reason.value if reason.check(APIError) else APIError(
-                502, "Cannot list inference profiles.")
-            write_error(request, error, aws_style)
-
-        d.addCallbacks(answered, failed)
-        return NOT_DONE_YET
+        return render_json(request, self._answer(request),
+                           APIError(502, "Cannot list inference profiles."), aws_style)
 
     async def _answer(self, request: IRequest) -> dict[str, Any]:
         if request.method not in (b"GET", b"HEAD"):

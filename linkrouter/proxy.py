@@ -20,7 +20,6 @@ from attrs import define, frozen
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol as BodyProtocol
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -32,9 +31,10 @@ from twisted.web.server import NOT_DONE_YET
 
 from linkrouter.access import AccessNote, log_access, note
 from linkrouter.accounts import AccountPool, AccountUnavailable
+from linkrouter.bodies import drop, read_small
 from linkrouter.credentials import Credential
 from linkrouter.dialects import AnthropicShaper, Outgoing, Route, Shaper
-from linkrouter.errors import APIError, ErrorStyle, anthropic_style, write_error
+from linkrouter.errors import APIError, ErrorStyle, anthropic_style, short_reason, write_error
 from linkrouter.metering import UsageMeter
 from linkrouter.metrics import Metrics
 from linkrouter.tokens import Gatekeeper, TokenClaims
@@ -142,33 +142,6 @@ def downstream_headers(upstream: Headers, into: Headers) -> None:
         if lowered == b"content-encoding" and not any(v.strip() for v in values):
             continue  # Twisted's content decoder leaves an empty one behind
         into.setRawHeaders(name, list(values))
-
-
-class _Dropper(BodyProtocol):
-    """Receives an answer nobody wants: closes its connection at once."""
-
-    def connectionMade(self) -> None:  # noqa: N802 - IProtocol
-        self.transport.stopProducing()
-
-
-def drop(response: Any) -> None:
-    """Discard an upstream answer (its client left): its connection is closed, not reused."""
-    response.deliverBody(_Dropper())
-
-
-async def read_small(response: Any, limit: int = 1024 * 1024) -> bytes:
-    """Read a small answer (an error) to the end; stop reading past C{limit} bytes."""
-    chunks: list[bytes] = []
-    size = 0
-
-    def collect(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size <= limit:
-            chunks.append(data)
-
-    await treq.collect(response, collect)
-    return b"".join(chunks)
 
 
 class UsageSink(Protocol):
@@ -459,7 +432,7 @@ class Proxy:
                 ) from None
             raise APIError(
                 502,
-                f"The upstream {self.upstream.base_url} could not be reached: {_why(e)}.",
+                f"The upstream {self.upstream.base_url} could not be reached: {short_reason(e)}.",
             ) from None
         finally:
             exchange.pending = None
@@ -523,10 +496,11 @@ class Proxy:
         """The upstream failed mid-answer: tell the client as well as its format allows."""
         self._log.warn(
             "Upstream answer to {path} broke off after {n} bytes: {why}",
-            path=exchange.request.path, n=exchange.note.sent_bytes, why=_why(e),
+            path=exchange.request.path, n=exchange.note.sent_bytes, why=short_reason(e),
         )
         request = exchange.request
-        notice = exchange.shaper.broken(f"The upstream connection broke mid-stream: {_why(e)}.")
+        notice = exchange.shaper.broken(
+            f"The upstream connection broke mid-stream: {short_reason(e)}.")
         if notice is not None:
             request.write(notice)
             request.finish()
@@ -554,16 +528,6 @@ def route_label(path: bytes) -> str:
     if path.startswith(b"/v1/models"):
         return "models"
     return "other"
-
-
-def _why(e: BaseException) -> str:
-    """A short, secret-free reason for a connection failure."""
-    reasons = getattr(e, "reasons", None)
-    if reasons:
-        inner = reasons[0].value if isinstance(reasons[0], Failure) else reasons[0]
-        return _why(inner)
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:200]
 
 
 class Server(Protocol):

@@ -1,0 +1,39 @@
+# -*- test-case-name: tests.test_failover -*-
+"""Reading or discarding small upstream answers (errors, token and model lists)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import treq
+from twisted.internet.protocol import Protocol
+
+#: The most of a small answer kept; anything past it is read and dropped.
+SMALL_ANSWER = 1024 * 1024
+
+
+async def read_small(response: Any, limit: int = SMALL_ANSWER) -> bytes:
+    """Read an answer to the end, keeping at most C{limit} bytes of it."""
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size <= limit:
+            chunks.append(data)
+
+    await treq.collect(response, collect)
+    return b"".join(chunks)
+
+
+class _Dropper(Protocol):
+    """Receives an answer nobody wants: closes its connection at once."""
+
+    def connectionMade(self) -> None:  # noqa: N802 - IProtocol
+        self.transport.stopProducing()
+
+
+def drop(response: Any) -> None:
+    """Discard an upstream answer (its client left): its connection is closed, not reused."""
+    response.deliverBody(_Dropper())
