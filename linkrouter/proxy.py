@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import treq
 from attrs import define, frozen
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
@@ -338,7 +338,11 @@ class Proxy:
             response = await self._attempt(exchange, url, outgoing, credential)
             self.pool.observe(account, response.headers)
             if response.code == 401 and credential.is_oauth:
-                renewed = await account.refresh_after_rejection(credential)
+                try:
+                    renewed = await account.refresh_after_rejection(credential)
+                except CancelledError:
+                    drop(response)  # the client left during the refresh
+                    raise
                 if renewed is not None and not exchange.gone:
                     await read_small(response)
                     response = await self._attempt(exchange, url, outgoing, renewed)
