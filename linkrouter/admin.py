@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from linkrouter.errors import APIError, render_json
+from linkrouter.errors import APIError, ErrorStyle, anthropic_style, render_json
 from linkrouter.store import RevocationCache, TokenRecord, TokenStore
 from linkrouter.tokens import TokenAuthority, isoformat
 
@@ -165,6 +165,14 @@ class _AdminResource(Resource):
                 f"{self._hint}.",
                 "authentication_error",
             )
+
+    def refuse_early(self, request: IRequest) -> tuple[APIError, ErrorStyle] | None:
+        """A missing or wrong admin key is refused before the body is read."""
+        try:
+            self._authorized(request)
+        except APIError as error:
+            return error, anthropic_style
+        return None
 
     def render(self, request: IRequest) -> int | bytes:
         return render_json(request, self._authorized_dispatch(request),

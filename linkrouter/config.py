@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from attrs import field, frozen
 
+from linkrouter.surface import RuleError, parse_rules
+
 DIALECTS = ("anthropic", "bedrock", "vertex")
 #: The seed's alternative names for each dialect in UPSTREAM_API_FORMAT.
 DIALECT_ALIASES = {"messages": "anthropic", "invoke": "bedrock", "rawpredict": "vertex"}
@@ -80,6 +82,7 @@ class Config:
     metrics_listen: tuple[str, ...] = ()
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     log_format: str = "text"
+    allow_upstream: tuple[str, ...] = ()
 
 
 def _pick(raw: Mapping[str, object], env: Mapping[str, str], key: str, *names: str) -> str | None:
@@ -241,6 +244,12 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         if not sep or not source.strip() or not target.strip():
             raise ConfigError("--model-alias", f"{alias!r} is not FROM=TO")
 
+    allow_upstream = _many(raw, env, "allow_upstream", "LINKROUTER_ALLOW_UPSTREAM")
+    try:
+        parse_rules(allow_upstream)
+    except RuleError as e:
+        raise ConfigError("--allow-upstream", str(e)) from None
+
     def path(value: str | None) -> Path | None:
         return Path(value).expanduser() if value else None
 
@@ -312,6 +321,7 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         shutdown_grace=_seconds(raw, env, "shutdown_grace", "LINKROUTER_SHUTDOWN_GRACE",
                                 DEFAULT_SHUTDOWN_GRACE, allow_zero=True),
         log_format=log_format,
+        allow_upstream=tuple(allow_upstream),
     )
 
 

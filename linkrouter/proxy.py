@@ -37,6 +37,7 @@ from linkrouter.dialects import AnthropicShaper, Outgoing, Route, Shaper
 from linkrouter.errors import APIError, ErrorStyle, anthropic_style, short_reason, write_error
 from linkrouter.metering import UsageMeter
 from linkrouter.metrics import Metrics
+from linkrouter.surface import DEFAULT_SURFACE, Surface
 from linkrouter.tokens import Gatekeeper, TokenClaims
 
 OAUTH_BETA = b"oauth-2025-04-20"
@@ -240,19 +241,20 @@ def body_producer(content: Any, cooperator: Cooperator) -> IBodyProducer | None:
     return FileBodyProducer(_KeepOpen(content), cooperator=cooperator)
 
 
-def messages_route(strip_prefix: bytes = b"") -> Route:
+def messages_route(strip_prefix: bytes = b"", surface: Surface = DEFAULT_SURFACE) -> Route:
     """
     The Messages dialect: the client's path and query go upstream as they are, after
-    C{strip_prefix} (the legacy C{/api/latest/anthropic} mount); so does the body.
+    C{strip_prefix} (the legacy C{/api/latest/anthropic} mount), once C{surface} has
+    checked them (a plain path, a call a router token may make); so does the body.
     """
 
     def route(request: IRequest) -> Outgoing:
         uri: bytes = request.uri
-        if strip_prefix and uri.startswith(strip_prefix):
+        if strip_prefix:
+            if not uri.startswith(strip_prefix + b"/"):
+                raise APIError(404, "No such route on this router.", "not_found_error")
             uri = uri[len(strip_prefix):]
-        if not uri.startswith(b"/"):
-            uri = b"/" + uri
-        return Outgoing(uri, request.content)
+        return Outgoing(surface.target(request.method, uri), request.content)
 
     return route
 
@@ -557,13 +559,28 @@ class TokenGate(Resource):
         self._metrics = metrics
         self._dialect = dialect
 
+    def refuse_early(self, request: IRequest) -> tuple[APIError, ErrorStyle] | None:
+        """
+        Called when the headers have arrived, before any of the body is read: the
+        refusal (and how to write it) for a request without a valid, unrevoked token.
+        """
+        try:
+            self._gatekeeper.admit(request)
+        except APIError as error:
+            self._rejected(request, error)
+            return error, self._style
+        return None
+
+    def _rejected(self, request: IRequest, error: APIError) -> None:
+        note(request).dialect = self._dialect
+        if self._metrics is not None:
+            self._metrics.rejections.labels(getattr(error, "reason", "other")).inc()
+
     def render(self, request: IRequest) -> int | bytes:
         try:
             claims = self._gatekeeper.admit(request)
         except APIError as error:
-            note(request).dialect = self._dialect
-            if self._metrics is not None:
-                self._metrics.rejections.labels(getattr(error, "reason", "other")).inc()
+            self._rejected(request, error)
             request.setResponseCode(error.status)
             return self._style(error, request.responseHeaders)
         note(request).token_id = claims.id

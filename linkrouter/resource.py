@@ -26,7 +26,14 @@ from twisted.web.resource import IResource, Resource
 from linkrouter.access import REQUEST_ID_HEADER, AccessLog, log_access, note
 from linkrouter.admin import MetricsResource
 from linkrouter.config import DEFAULT_MAX_BODY_SIZE
-from linkrouter.errors import APIError, ErrorResource, error_body
+from linkrouter.early import Refusal, early_refusal, raw_answer
+from linkrouter.errors import (
+    APIError,
+    ErrorResource,
+    anthropic_style,
+    error_body,
+    write_error,
+)
 
 #: Seconds a refused upload may keep sending (discarded) before the connection is cut.
 LINGER_SECONDS = 10.0
@@ -147,8 +154,8 @@ def build_tree(
     root.putChild(b"model", bedrock_resource)
     root.putChild(b"inference-profiles", profiles_resource)
 
-    api = Resource()
-    latest = Resource()
+    api = Branch(not_found())
+    latest = Branch(not_found())
     latest.putChild(b"anthropic", Branch(anthropic_legacy))
     api.putChild(b"latest", latest)
     api.putChild(b"hello", PlainText(b""))
@@ -164,7 +171,7 @@ def admin_tree(admin: Mapping[bytes, IResource], metrics: IResource | None = Non
     """The tree served on C{--admin-listen} endpoints: the admin API, /metrics, /health."""
     root = Root()
     root.putChild(b"health", PlainText(b"ok"))
-    api = Resource()
+    api = Branch(not_found())
     for name, endpoint in admin.items():
         api.putChild(name, endpoint)
     root.putChild(b"api", api)
@@ -203,16 +210,20 @@ class _Discard:
 class RouterRequest(server.Request):
     """
     A request that carries a request id, enforces the site's body-size limit while the
-    body arrives, and counts itself in flight while the site drains.
+    body arrives, refuses early what the tree refuses without its body (no router token:
+    L{linkrouter.early}), and counts itself in flight while the site drains.
 
-    Over HTTP/1.1 an oversized body is answered with 413 as soon as its size is known,
-    then discarded as it keeps coming (a client still sending would otherwise see a reset
-    instead of the answer) until the client stops or L{LINGER_SECONDS} pass.
+    Over HTTP/1.1 an oversized body or a refused request is answered as soon as the
+    headers are in, then the connection is closed; body bytes still coming are dropped
+    unread into nothing (a client still sending would otherwise see a reset instead of
+    the answer) until the client stops or L{LINGER_SECONDS} pass. Over HTTP/2 the body is
+    dropped the same way and the stream answered when it ends.
     """
 
     _received = 0
-    _too_large = False
+    _refusal: Refusal | None = None
     _answered = False
+    _checked = False
 
     @property
     def _site(self) -> Any:
@@ -225,19 +236,41 @@ class RouterRequest(server.Request):
     def gotLength(self, length: int | None) -> None:  # noqa: N802 - twisted.web API
         note(self)
         if length is not None and length > self._limit:
-            self._refuse()
+            self._refuse((self._error(), anthropic_style))
+            return
+        # HTTP/1.1 has every header now; HTTP/2 may not yet (checked at the first chunk).
+        if length != 0 and isinstance(self.channel, http.HTTPChannel) and self._check_early():
             return
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
-        if self._too_large:
+        if self._refusal is not None:
+            return
+        if not self._checked and self._check_early():
             return
         self._received += len(data)
         if self._received > self._limit:
             self.content.close()
-            self._refuse()
+            self._refuse((self._error(), anthropic_style))
             return
         super().handleContentChunk(data)
+
+    def _request_line(self) -> tuple[bytes, bytes]:
+        channel = self.channel
+        if isinstance(channel, http.HTTPChannel):
+            return getattr(channel, "_command", b"-"), getattr(channel, "_path", b"-")
+        return getattr(channel, "command", b"-"), getattr(channel, "path", b"-")
+
+    def _check_early(self) -> bool:
+        """Refuse now (C{True}) what the resource for this path refuses without a body."""
+        self._checked = True
+        root = getattr(self._site, "resource", None)
+        if root is None:
+            return False
+        found = early_refusal(root, self, *self._request_line())
+        if found is not None:
+            self._refuse(found)
+        return found is not None
 
     def _error(self) -> APIError:
         return APIError(
@@ -247,27 +280,20 @@ class RouterRequest(server.Request):
             "request_too_large",
         )
 
-    def _refuse(self) -> None:
-        self._too_large = True
+    def _refuse(self, refusal: Refusal) -> None:
+        self._refusal = refusal
         self.content = _Discard()
         # No "100 Continue" for a body we will not read.
         self.requestHeaders.removeHeader(b"expect")
         if not isinstance(self.channel, http.HTTPChannel) or self.channel.transport is None:
             return  # HTTP/2: answered from process() once the stream ends
         self._answered = True
-        self.method = getattr(self.channel, "_command", b"-")
-        self.path = getattr(self.channel, "_path", b"-").split(b"?")[0]
-        self.code = 413
+        self.method, uri = self._request_line()
+        self.path = uri.split(b"?")[0]
+        self.code = refusal[0].status
         log_access(self)
-        body = self._error().body()
         transport = self.channel.transport
-        transport.write(
-            b"HTTP/1.1 413 Request Entity Too Large\r\n"
-            b"content-type: application/json\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\n"
-            + REQUEST_ID_HEADER + b": " + note(self).request_id.encode() + b"\r\n"
-            b"connection: close\r\n\r\n" + body
-        )
+        transport.write(raw_answer(refusal, self, note(self).request_id))
         try:
             transport.loseWriteConnection()
         except (AttributeError, NotImplementedError):
@@ -287,11 +313,8 @@ class RouterRequest(server.Request):
                 self.responseHeaders.setRawHeaders(b"strict-transport-security",
                                                    [site.hsts.encode()])
             site.began(self)
-        if self._too_large:
-            self.setResponseCode(413)
-            self.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-            self.write(error_body("request_too_large", self._error().message))
-            self.finish()
+        if self._refusal is not None:
+            write_error(self, *self._refusal)
             return
         super().process()
 

@@ -55,6 +55,7 @@ from linkrouter.store import (
     prepare,
     redact_url,
 )
+from linkrouter.surface import Surface
 from linkrouter.systemd import Notifier
 from linkrouter.tokens import Gatekeeper, TokenAuthority
 
@@ -141,9 +142,10 @@ class Router:
         admin = admin_resources(self.admin, self.pool.to_json, self.secrets.admin_key, hint)
         guarded_metrics = MetricsResource(self.metrics, self.secrets.admin_key, hint)
         separate = bool(config.admin_listen)
+        surface = Surface.opening(config.allow_upstream)
         tree = build_tree(
-            gate(messages_route(), "messages"),
-            gate(messages_route(b"/api/latest/anthropic"), "messages"),
+            gate(messages_route(b"", surface), "messages"),
+            gate(messages_route(b"/api/latest/anthropic", surface), "messages"),
             None if separate else admin,
             config.api_formats,
             bedrock=gate(bedrock_route(aliases), "bedrock", aws_style),

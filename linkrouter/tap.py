@@ -115,6 +115,7 @@ class Options(usage.Options):
         self["claude_code_homes"] = []
         self["model_aliases"] = []
         self["metrics_listen"] = []
+        self["allow_upstream"] = []
 
     @_one_line
     def opt_listen(self, description: str) -> None:
@@ -157,6 +158,17 @@ class Options(usage.Options):
         comma-separated]
         """
         self["model_aliases"].append(rule)
+
+    @_one_line
+    def opt_allow_upstream(self, rule: str) -> None:
+        """
+        Also forward this upstream call with the team credential, "METHOD /v1/path"
+        (repeatable); {name} matches one segment, a final * everything below, e.g.
+        "GET /v1/files/*". Every token holder then shares what it reaches (all files and
+        batches of the credential). [env: LINKROUTER_ALLOW_UPSTREAM, comma-separated;
+        default only messages, count_tokens and models]
+        """
+        self["allow_upstream"].append(rule)
 
     def postOptions(self) -> None:  # noqa: N802 - twisted API
         raw = {key.replace("-", "_"): value for key, value in self.items()}

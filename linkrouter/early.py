@@ -1,0 +1,66 @@
+# -*- test-case-name: tests.test_early -*-
+"""
+Answers given as soon as a request's headers have arrived, before any of its body is read.
+
+A resource in the tree may offer C{refuse_early(request)}: called with the headers only
+(no body yet), it returns the refusal (an L{APIError} and how to write it) or C{None}.
+The token gate refuses a request without a valid, unrevoked router token this way, so a
+stranger's upload is never spooled; a JSON error leaf (an unknown route, a dialect not
+served) refuses everything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web import http
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, getChildForRequest
+
+from linkrouter.access import REQUEST_ID_HEADER
+from linkrouter.errors import APIError, ErrorResource, ErrorStyle, anthropic_style
+
+#: An early answer: the error and the dialect's way of writing it.
+Refusal = tuple[APIError, ErrorStyle]
+
+
+def early_refusal(root: IResource, request: Any, method: bytes, uri: bytes) -> Refusal | None:
+    """
+    Walk C{root} for C{method} and C{uri} as twisted.web will once the body is in, and
+    ask the resource found whether it refuses the request now.
+
+    Sets C{method}, C{uri}, C{path}, C{prepath} and C{postpath} on C{request} as the walk
+    needs them; twisted.web sets them again before rendering.
+    """
+    request.method, request.uri = method, uri
+    request.path = uri.split(b"?", 1)[0]
+    request.prepath = []
+    request.postpath = list(map(http.unquote, request.path[1:].split(b"/")))
+    leaf = getChildForRequest(root, request)
+    if isinstance(leaf, ErrorResource):
+        return leaf.error, anthropic_style
+    check = getattr(leaf, "refuse_early", None)
+    if check is None:
+        return None
+    found: Refusal | None = check(request)
+    return found
+
+
+def raw_answer(refusal: Refusal, request: IRequest, request_id: str) -> bytes:
+    """A whole HTTP/1.1 response for C{refusal}, ending with C{connection: close}."""
+    error, style = refusal
+    headers = Headers()
+    body = style(error, headers)
+    phrase = http.RESPONSES.get(error.status, b"Error")
+    lines = [b"HTTP/1.1 %d %s" % (error.status, phrase)]
+    for name, values in headers.getAllRawHeaders():
+        lines.extend(name + b": " + value for value in values)
+    lines += [
+        b"content-length: " + str(len(body)).encode(),
+        REQUEST_ID_HEADER + b": " + request_id.encode(),
+        b"connection: close",
+    ]
+    if request.method == b"HEAD":
+        body = b""
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
