@@ -15,38 +15,39 @@ was refused). A 529 (overloaded) is the upstream's problem, not the account's: n
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from linkrouter.credentials import FLAT_FILES, ClaudeHome, Credential, RunInThread
-from linkrouter.oauth import RefreshFailed, TokenEndpoint, credential_from_pair, write_back
+from linkrouter.oauth import TokenEndpoint
 from linkrouter.oauth import retry_after_seconds as _retry_after
+from linkrouter.refresh import (
+    MAX_REFRESH_BACKOFF,
+    REFRESH_MARGIN,
+    AccountUnavailable,
+    LoginLifecycle,
+    LoginNeeded,
+)
+from linkrouter.refresh import digest as _digest
 from linkrouter.tokens import isoformat
 
-REFRESH_MARGIN = 60.0
+__all__ = ["MAX_REFRESH_BACKOFF", "REFRESH_MARGIN", "Account", "AccountPool",
+           "AccountUnavailable", "LoginNeeded", "build_accounts"]
+
 DEFAULT_MAX_COOLDOWN = 5 * 3600.0
 #: Cooldown after a 429 that says nothing about when to come back.
 DEFAULT_COOLDOWN = 60.0
-MAX_REFRESH_BACKOFF = 300.0
 MAX_SESSIONS = 10_000
 _RATELIMIT = b"anthropic-ratelimit-unified-"
-
-
-class AccountUnavailable(Exception):
-    """An account cannot serve now; C{str()} says why (never a secret)."""
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 @define
@@ -59,6 +60,8 @@ class Account:
     @ivar home: the Claude Code home of a login account; C{None} for static credentials.
     @ivar static: the fixed credential of an C{--oauth-token} or C{--upstream-api-key}
         account.
+    @ivar needs_login: why only a new login helps (for the operator: may name a path);
+        C{needs_login_public} says the same without the path, for clients.
     """
 
     id: str
@@ -67,36 +70,41 @@ class Account:
     clock: IReactorTime
     home: ClaudeHome | None = None
     static: Credential | None = field(default=None, repr=False)
-    endpoint: TokenEndpoint | None = None
-    run_in_thread: RunInThread[Any] | None = None
-    margin: float = REFRESH_MARGIN
+    login: LoginLifecycle | None = field(default=None, repr=False)
     needs_login: str | None = None
+    needs_login_public: str | None = None
     cooling_until: float | None = None
-    refresh_retry_at: float | None = None
-    refresh_failures: int = 0
-    last_refresh: float | None = None
     requests_served: int = 0
     utilization: dict[str, float] = field(factory=dict)
     expires_at: float | None = None
-    #: Told each refresh's outcome: ok, transient, terminal or rotated_elsewhere.
-    on_refresh: Callable[[str], None] | None = field(default=None, repr=False)
-    _dead_refresh: str | None = field(default=None, repr=False)
-    _memory: tuple[str, Credential] | None = field(default=None, repr=False)
-    _waiters: list[Deferred[Any]] = field(factory=list, repr=False)
     _log = Logger()
 
     @classmethod
     def for_home(cls, home: ClaudeHome, clock: IReactorTime, endpoint: TokenEndpoint | None,
                  run_in_thread: RunInThread[Any], margin: float = REFRESH_MARGIN) -> Account:
-        return cls(id="claude-code-" + _digest(str(home.directory.resolve())),
-                   kind="claude-code", source=str(home.directory), clock=clock, home=home,
-                   endpoint=endpoint, run_in_thread=run_in_thread, margin=margin)
+        account_id = "claude-code-" + _digest(str(home.directory.resolve()))
+        login = LoginLifecycle(account_id, home, clock, endpoint, run_in_thread, margin)
+        return cls(id=account_id, kind="claude-code", source=str(home.directory),
+                   clock=clock, home=home, login=login)
 
     @classmethod
     def for_static(cls, credential: Credential, clock: IReactorTime) -> Account:
         kind = "oauth-token" if credential.is_oauth else "api-key"
         return cls(id=f"{kind}-" + _digest(kind + ":" + credential.secret), kind=kind,
                    source=credential.source, clock=clock, static=credential)
+
+    @property
+    def last_refresh(self) -> float | None:
+        return self.login.last_refresh if self.login is not None else None
+
+    @property
+    def on_refresh(self) -> Callable[[str], None] | None:
+        return self.login.on_refresh if self.login is not None else None
+
+    @on_refresh.setter
+    def on_refresh(self, callback: Callable[[str], None] | None) -> None:
+        if self.login is not None:
+            self.login.on_refresh = callback
 
     # -- health -------------------------------------------------------------------------
 
@@ -106,19 +114,35 @@ class Account:
     def healthy(self, now: float) -> bool:
         return self.needs_login is None and not self.cooling(now)
 
+    def state(self, now: float) -> str:
+        """C{ok}, C{cooling} or C{needs_login}."""
+        if self.needs_login is not None:
+            return "needs_login"
+        return "cooling" if self.cooling(now) else "ok"
+
     def status(self, now: float) -> str:
+        """The state in words, for the operator."""
         if self.needs_login is not None:
             return f"needs login: {self.needs_login}"
         if self.cooling(now):
             return f"cooling down until {isoformat(self.cooling_until)}"
         return "ok"
 
+    def public_status(self, now: float) -> str:
+        """The state in words, for a proxied client (no path)."""
+        if self.needs_login is not None:
+            return f"needs login: {self.needs_login_public or 'log in again'}"
+        return self.status(now)
+
     def to_json(self, now: float) -> dict[str, Any]:
+        state = self.state(now)
         return {
             "id": self.id,
             "kind": self.kind,
             "source": self.source,
-            "status": self.status(now),
+            "status": state,
+            "reason": self.needs_login if state == "needs_login" else (
+                None if state == "ok" else self.status(now)),
             "healthy": self.healthy(now),
             "cooling_until": isoformat(self.cooling_until) if self.cooling(now) else None,
             "needs_login": self.needs_login,
@@ -139,9 +163,13 @@ class Account:
         """
         if self.static is not None:
             return self.static
-        found = await self._current()
-        if self._expiring(found):
-            found = await self._refresh_once(found)
+        assert self.login is not None
+        try:
+            found = await self.login.credential()
+        except LoginNeeded as e:
+            self._needs(e)
+            raise
+        self._usable(found)
         return found
 
     async def refresh_after_rejection(self, rejected: Credential) -> Credential | None:
@@ -149,132 +177,50 @@ class Account:
         The upstream refused C{rejected} (401): refresh now. Returns the new credential,
         or C{None} when there is nothing different to retry with.
         """
-        if self.static is not None or rejected.refresh_token is None:
+        if self.login is None or rejected.refresh_token is None:
             return None
         try:
-            fresh = await self._refresh_once(rejected)
+            fresh = await self.login.refresh_once(rejected)
+        except LoginNeeded as e:
+            self._needs(e)
+            return None
         except AccountUnavailable:
             return None
+        self._usable(fresh)
         return fresh if fresh.secret != rejected.secret else None
 
-    async def _current(self) -> Credential:
-        assert self.home is not None
-        found = await self.home.credential()
-        if found is None:
-            self.needs_login = f"no Claude Code login in {self.home.directory}"
-            self._memory = None
-            raise AccountUnavailable(self.needs_login)
-        if self._memory is not None:
-            on_disk, kept = self._memory
-            if found.secret == on_disk:
-                found = kept  # the file is read-only: the refreshed pair lives here
-            else:
-                self._memory = None  # someone logged in again: the file wins
-        if self.needs_login is not None:
-            if found.refresh_token is not None and _digest(found.refresh_token) == (
-                    self._dead_refresh):
-                raise AccountUnavailable(self.needs_login)
-            self._log.info("Account {id} has a new login; using it", id=self.id)
-            self.needs_login = None
+    async def probe(self, force: bool = False) -> None:
+        """Look at the login again (C{force}: re-read the file now), updating the state."""
+        if self.home is None:
+            return
+        if force:
+            await self.home.credential(force=True)
+        try:
+            await self.credential()
+        except AccountUnavailable:
+            pass
+
+    def check_now(self) -> None:
+        """Blocking, at start-up: read the login so the state is true from the start."""
+        if self.home is None or self.login is None:
+            return
+        try:
+            found = self.login.present(self.home.read_now())
+        except LoginNeeded as e:
+            self._needs(e)
+            return
         self.expires_at = found.expires_at
-        return found
 
-    def _expiring(self, credential: Credential) -> bool:
-        return (credential.refresh_token is not None and credential.expires_at is not None
-                and credential.expires_at - self.clock.seconds() <= self.margin)
+    def _needs(self, why: LoginNeeded) -> None:
+        if self.needs_login != why.reason:
+            self._log.warn("Account {id} needs a login: {why}", id=self.id, why=why.reason)
+        self.needs_login, self.needs_login_public = why.reason, str(why)
 
-    async def _refresh_once(self, stale: Credential) -> Credential:
-        """One refresh at a time: callers that arrive during one share its outcome."""
-        waiter: Deferred[Credential] = Deferred()
-        self._waiters.append(waiter)
-        if len(self._waiters) == 1:
-            Deferred.fromCoroutine(self._refresh(stale)).addBoth(self._refreshed)
-        return await waiter
-
-    def _refreshed(self, result: Credential | Failure) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(result)
-
-    async def _refresh(self, stale: Credential) -> Credential:
-        assert self.home is not None and self.run_in_thread is not None
-        now = self.clock.seconds()
-        if self.refresh_retry_at is not None and now < self.refresh_retry_at:
-            return self._still_valid(stale, "the token endpoint asked us to wait")
-        # Claude Code itself may have rotated the login: never spend a stale refresh token.
-        on_disk = await self.home.credential(force=True)
-        renewed = on_disk is not None and on_disk.secret != stale.secret and not (
-            self._expiring(on_disk))
-        if on_disk is not None and self._memory is not None and (
-                on_disk.secret == self._memory[0]):
-            renewed = False  # the read-only file still holds what it held before our refresh
-        if renewed:
-            assert on_disk is not None
-            self._log.info("Account {id}: the login was renewed on disk; using it", id=self.id)
-            self._outcome("rotated_elsewhere")
-            self._memory = None
-            self.expires_at = on_disk.expires_at
-            return on_disk
-        current = on_disk if on_disk is not None and self._memory is None else stale
-        if current.refresh_token is None or self.endpoint is None:
-            return self._still_valid(current, "it has no refresh token")
-        try:
-            pair = await self.endpoint.refresh(current.refresh_token)
-        except RefreshFailed as e:
-            return self._failed(current, e)
-        self._outcome("ok")
-        self.refresh_failures = 0
-        self.refresh_retry_at = None
-        self.last_refresh = self.clock.seconds()
-        self.expires_at = pair.expires_at
-        fresh = credential_from_pair(pair, str(self.home.path))
-        self._log.info("Account {id}: refreshed its OAuth login (expires {expires})",
-                       id=self.id, expires=isoformat(pair.expires_at))
-        path = self.home.path
-        try:
-            await self.run_in_thread(lambda: write_back(path, pair))
-        except OSError as e:
-            self._log.warn(
-                "Account {id}: cannot write the refreshed login to {path} ({why}); keeping "
-                "it in memory", id=self.id, path=str(path), why=e.strerror or str(e))
-            if self._memory is None:
-                self._memory = (on_disk.secret if on_disk is not None else stale.secret, fresh)
-            else:
-                self._memory = (self._memory[0], fresh)
-        else:
-            self._memory = None
-            await self.home.credential(force=True)  # so the next caller sees the new file
-        return fresh
-
-    def _outcome(self, outcome: str) -> None:
-        if self.on_refresh is not None:
-            self.on_refresh(outcome)
-
-    def _failed(self, current: Credential, error: RefreshFailed) -> Credential:
-        self._outcome("terminal" if error.terminal else "transient")
-        if error.terminal:
-            self.needs_login = (
-                f"the refresh token was refused ({error.reason}); run `claude` and /login "
-                f"for {self.source}"
-            )
-            self._dead_refresh = _digest(current.refresh_token or "")
-            self._log.warn("Account {id} needs a new login: {why}", id=self.id,
-                           why=error.reason)
-            raise AccountUnavailable(self.needs_login)
-        self.refresh_failures += 1
-        backoff = error.retry_after
-        if backoff is None:
-            backoff = min(MAX_REFRESH_BACKOFF, 2.0 ** self.refresh_failures)
-        self.refresh_retry_at = self.clock.seconds() + backoff
-        self._log.warn("Account {id}: refresh failed ({why}); retrying in {s:.0f} s",
-                       id=self.id, why=error.reason, s=backoff)
-        return self._still_valid(current, f"refresh failed: {error.reason}")
-
-    def _still_valid(self, credential: Credential, why: str) -> Credential:
-        """Keep using a token while it is valid (or when its expiry is unknown)."""
-        if credential.expires_at is None or credential.expires_at > self.clock.seconds():
-            return credential
-        raise AccountUnavailable(f"the access token of {self.source} expired and {why}")
+    def _usable(self, found: Credential) -> None:
+        if self.needs_login is not None:
+            self._log.info("Account {id} has a new login; using it", id=self.id)
+            self.needs_login = self.needs_login_public = None
+        self.expires_at = found.expires_at
 
 
 def ratelimit_reset(headers: Headers, now: float) -> float | None:
@@ -324,8 +270,11 @@ class AccountPool:
         """
         now = self.clock.seconds()
         healthy = [a for a in self.accounts if a.healthy(now)]
+        # Last, the logins that needed one: asking them re-reads their file (at most
+        # once a second, off the reactor thread), so a new login serves at once.
+        relogin = [a for a in self.accounts if a.needs_login is not None and a.home is not None]
         if not healthy:
-            return []
+            return relogin
         self._turn = (self._turn + 1) % len(healthy)
         rotated = healthy[self._turn:] + healthy[:self._turn]
         ordered = sorted(rotated, key=lambda a: max(a.utilization.values(), default=0.0))
@@ -335,7 +284,26 @@ class AccountPool:
                 ordered.remove(account)
                 ordered.insert(0, account)
                 break
-        return ordered
+        return ordered + relogin
+
+    def check_now(self) -> None:
+        """Blocking, at start-up: read every login, and warn about each that needs one."""
+        for account in self.accounts:
+            account.check_now()
+
+    async def reread(self) -> None:
+        """SIGHUP: re-read every account's login now."""
+        for account in self.accounts:
+            try:
+                await account.probe(force=True)
+            except Exception:  # noqa: BLE001 - one bad account must not stop the others
+                self._log.failure("Re-reading account {id} failed", id=account.id)
+
+    async def probe_waiting(self) -> None:
+        """Look again at the logins that need one (a new login, a fixed permission)."""
+        for account in self.accounts:
+            if account.needs_login is not None:
+                await account.probe()
 
     def served(self, account: Account, session: str | None) -> None:
         account.requests_served += 1
@@ -374,7 +342,7 @@ class AccountPool:
     def missing_message(self, problems: list[str]) -> str:
         """Why no account could serve, where the router looked, and how to fix it."""
         now = self.clock.seconds()
-        reasons = problems or [f"account {a.id}: {a.status(now)}" for a in self.accounts]
+        reasons = problems or [f"account {a.id}: {a.public_status(now)}" for a in self.accounts]
         places = ", ".join(str(a.home.path) for a in self.accounts if a.home) or "(none)"
         return (
             "linkrouter has no upstream Claude credential it can use"
@@ -403,3 +371,34 @@ def build_accounts(
     accounts.extend(Account.for_home(h, clock, endpoint, run_in_thread, margin) for h in homes)
     return accounts
 
+
+
+#: How often logins that need one are looked at again without traffic.
+PROBE_SECONDS = 2.0
+
+
+class AccountWatch(Service):
+    """
+    Looks again every L{PROBE_SECONDS} at the accounts that need a login, so a new
+    login (or a fixed permission) shows as C{ok} in C{/api/accounts} without traffic.
+    """
+
+    def __init__(self, pool: AccountPool, clock: IReactorTime) -> None:
+        self._loop = LoopingCall(self._probe, pool)
+        self._loop.clock = clock
+
+    @staticmethod
+    def _probe(pool: AccountPool) -> Deferred[None]:
+        d = Deferred.fromCoroutine(pool.probe_waiting())
+        d.addErrback(lambda f: AccountPool._log.failure("Looking at the accounts failed", f))
+        return d
+
+    def startService(self) -> None:  # noqa: N802 - twisted API
+        super().startService()
+        self._loop.start(PROBE_SECONDS, now=False)
+
+    def stopService(self) -> Deferred[None] | None:  # noqa: N802
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        return None

@@ -200,7 +200,11 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
     listen = _many(raw, env, "listen", "LINKROUTER_LISTEN") or [_default_listen(env)]
     admin_listen = _many(raw, env, "admin_listen", "LINKROUTER_ADMIN_LISTEN")
 
-    homes = _many(raw, env, "claude_code_homes", "CLAUDE_CODE_HOME") or ["~/.claude"]
+    oauth_token = _pick(raw, env, "oauth_token", "CLAUDE_CODE_OAUTH_TOKEN")
+    upstream_api_key = _pick(raw, env, "upstream_api_key", "UPSTREAM_API_KEY")
+    # ~/.claude is an account only when no credential source was configured at all.
+    homes = _many(raw, env, "claude_code_homes", "CLAUDE_CODE_HOME") or (
+        [] if oauth_token or upstream_api_key else ["~/.claude"])
 
     upstream = _url("--upstream", _pick(raw, env, "upstream", "UPSTREAM_BASE_URL")
                     or DEFAULT_UPSTREAM)
@@ -298,8 +302,8 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         admin_key=admin_key,
         admin_key_file=admin_key_file,
         claude_code_homes=tuple(Path(h).expanduser() for h in homes),
-        oauth_token=_pick(raw, env, "oauth_token", "CLAUDE_CODE_OAUTH_TOKEN"),
-        upstream_api_key=_pick(raw, env, "upstream_api_key", "UPSTREAM_API_KEY"),
+        oauth_token=oauth_token,
+        upstream_api_key=upstream_api_key,
         upstream=upstream,
         oauth_token_url=token_url,
         api_formats=formats,

@@ -99,8 +99,21 @@ def credential_from_json(data: Any, source: str) -> Credential | None:
 
 @frozen
 class _Seen:
-    signature: tuple[int, int, int]
+    signature: tuple[int, int, int, int]
     credential: Credential | None
+
+
+@frozen
+class Problem:
+    """
+    Why a home has no usable credential.
+
+    @ivar reason: for the operator (logs, the admin API): may name the path.
+    @ivar public: for a proxied client's error: never names a path.
+    """
+
+    reason: str
+    public: str
 
 
 @define
@@ -109,6 +122,8 @@ class ClaudeHome:
     One Claude Code home directory, watched for changes to its credential files.
 
     @ivar run_in_thread: runs the blocking file work off the reactor thread.
+    @ivar problem: after a scan that found nothing, why (no directory, no file, or a
+        file the daemon may not read).
     """
 
     directory: Path
@@ -117,7 +132,11 @@ class ClaudeHome:
     _seen: dict[Path, _Seen] = field(factory=dict)
     _checked_at: float | None = None
     _current: Credential | None = None
+    problem: Problem | None = None
+    _scan_problem: Problem | None = None
+    _scanning: bool = False
     _waiters: list[Deferred[Credential | None]] = field(factory=list)
+    _queued: list[Deferred[Credential | None]] = field(factory=list)
     _log = Logger()
 
     def candidates(self) -> list[Path]:
@@ -133,54 +152,106 @@ class ClaudeHome:
     async def credential(self, force: bool = False) -> Credential | None:
         """
         The directory's credential, re-read if a file changed (checked once a second,
-        or now when C{force} is set).
+        or now when C{force} is set: then from a scan that starts after this call, so
+        it sees every write made before it).
         """
         now = self.clock.seconds()
         fresh = self._checked_at is not None and now - self._checked_at < RECHECK_SECONDS
         if fresh and not force:
             return self._current
         waiter: Deferred[Credential | None] = Deferred()
-        self._waiters.append(waiter)
-        if len(self._waiters) == 1:  # one scan at a time; later callers share it
-            self.run_in_thread(self._read).addBoth(self._scanned)
+        if self._scanning and force:
+            self._queued.append(waiter)  # the scan in flight may predate a write
+        else:
+            self._waiters.append(waiter)  # one scan at a time; later callers share it
+            if not self._scanning:
+                self._scan()
         return await waiter
 
+    def read_now(self) -> Credential | None:
+        """
+        Blocking: scan now (at start-up, before the reactor runs). The first use
+        afterwards still looks at the files again.
+        """
+        self._scanning = True
+        self._scanned(self._read())
+        self._checked_at = None
+        return self._current
+
+    def _scan(self) -> None:
+        self._scanning = True
+        self.run_in_thread(self._read).addBoth(self._scanned)
+
     def _scanned(self, result: Credential | None | Failure) -> None:
-        waiters, self._waiters = self._waiters, []
+        waiters, self._waiters, self._queued = self._waiters, self._queued, []
+        self._scanning = False
         if not isinstance(result, Failure):
             self._checked_at = self.clock.seconds()
+            self.problem = None if result is not None else (
+                self._scan_problem or _no_login(self.directory))
             if result != self._current:
                 self._announce(result)
             self._current = result
+        if self._waiters:
+            self._scan()
         for waiter in waiters:
             waiter.callback(result)
 
     def _announce(self, credential: Credential | None) -> None:
         if credential is None:
-            self._log.warn("No upstream credential in {directory}", directory=str(self.directory))
+            self._log.warn("No upstream credential in {directory}: {why}",
+                           directory=str(self.directory),
+                           why=self.problem.reason if self.problem else "no login")
         else:
             self._log.info("Upstream credential: {what}", what=credential.describe())
 
     def _read(self) -> Credential | None:
-        """Blocking: stat each candidate, re-parse those that changed, return the first hit."""
+        """
+        Blocking: stat each candidate, re-parse those that changed, return the first hit
+        (and note in C{_scan_problem} why there is none).
+        """
+        self._scan_problem = None
         for path in self.candidates():
             try:
                 st = path.stat()
+            except PermissionError as e:
+                self._denied(path, e)
+                continue
             except OSError:
                 self._seen.pop(path, None)
                 continue
-            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+            # ctime too: a chmod or chown (a fixed permission) changes only that.
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
             seen = self._seen.get(path)
             if seen is None or seen.signature != signature:
-                seen = _Seen(signature, self._parse(path))
+                try:
+                    seen = _Seen(signature, self._parse(path))
+                except PermissionError as e:
+                    self._seen.pop(path, None)  # read again at the next scan
+                    self._denied(path, e)
+                    continue
                 self._seen[path] = seen
             if seen.credential is not None:
                 return seen.credential
+        if self._scan_problem is None and not self.directory.is_dir():
+            self._scan_problem = Problem(
+                f"no Claude Code login: {self.directory} does not exist",
+                "no Claude Code login")
         return None
 
+    def _denied(self, path: Path, error: OSError) -> None:
+        if self._scan_problem is None:
+            self._scan_problem = Problem(
+                f"permission denied reading {path} ({error.strerror}); the router's user "
+                "must be able to read and write it",
+                "its credentials file cannot be read (permission denied)")
+
     def _parse(self, path: Path) -> Credential | None:
+        """The credential in one file; a file the daemon may not read raises."""
         try:
             data = json.loads(path.read_bytes())
+        except PermissionError:
+            raise
         except OSError as e:
             self._log.warn("Cannot read {path}: {reason}", path=str(path), reason=e.strerror)
             return None
@@ -188,6 +259,10 @@ class ClaudeHome:
             self._log.warn("{path} is not valid JSON; skipping it", path=str(path))
             return None
         return credential_from_json(data, str(path))
+
+
+def _no_login(directory: Path) -> Problem:
+    return Problem(f"no Claude Code login in {directory}", "no Claude Code login")
 
 
 def claude_homes(

@@ -41,9 +41,7 @@ class _Accounts(Collector):
         for account in self._describe().get("accounts", []):
             healthy.add_metric([account["id"], account["kind"]], 1.0 if account["healthy"]
                                else 0.0)
-            status = account["status"]
-            current = ("needs_login" if status.startswith("needs login") else
-                       "cooling" if status.startswith("cooling") else "ok")
+            current = account["status"]  # ok, cooling or needs_login
             for name in ("ok", "cooling", "needs_login"):
                 state.add_metric([account["id"], name], 1.0 if name == current else 0.0)
             served.add_metric([account["id"]], float(account["requests_served"]))

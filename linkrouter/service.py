@@ -35,7 +35,7 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from linkrouter.access import AccessLog
-from linkrouter.accounts import AccountPool, build_accounts
+from linkrouter.accounts import AccountPool, AccountWatch, build_accounts
 from linkrouter.admin import MetricsResource, TokenAdmin, admin_resources
 from linkrouter.config import Config, ConfigError, Secrets, load_secrets
 from linkrouter.credentials import claude_homes
@@ -241,6 +241,7 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, adbapi.Connectio
         reactor,
         config.max_cooldown,
     )
+    accounts.check_now()  # true from the start; warns about each account needing a login
     upstream = Upstream(
         client, config.upstream, reactor, Cooperator(scheduler=_scheduler(reactor)),
         config.upstream_timeout,
@@ -345,12 +346,7 @@ class RouterService(MultiService):
             if tls.reload():
                 _log.info("TLS certificate reloaded: {subject}, valid until {until}",
                           subject=tls.subject, until=tls.not_after.isoformat())
-        for account in self.router.pool.accounts:
-            if account.home is not None:
-                try:
-                    await account.home.credential(force=True)
-                except Exception:  # noqa: BLE001 - a bad file must not stop the reload
-                    _log.failure("Re-reading {path} failed", path=str(account.home.path))
+        await self.router.pool.reread()
         self.notifier.ready("reloaded")
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
@@ -444,6 +440,7 @@ def makeService(config: Config, reactor: Any = None,  # noqa: N802
     parent = RouterService(router, reactor, Notifier(os.environ if environ is None else environ))
     StoreService(pool, router, reactor).setServiceParent(parent)
     _PoolService(http_pool).setServiceParent(parent)
+    AccountWatch(router.pool, reactor).setServiceParent(parent)
 
     access = AccessLog(config.verbose, router.metrics)
     hsts = HSTS if config.hsts else None

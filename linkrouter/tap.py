@@ -138,7 +138,8 @@ class Options(usage.Options):
     def opt_claude_code_home(self, directory: str) -> None:
         """
         Claude Code home holding a login (.credentials.json); repeat it to pool several
-        accounts. [env: CLAUDE_CODE_HOME, ':'-separated; default ~/.claude]
+        accounts. [env: CLAUDE_CODE_HOME, ':'-separated; default ~/.claude, only when no
+        other upstream credential is given]
         """
         self["claude_code_homes"].append(directory)
 

@@ -189,7 +189,9 @@ def load_answers(directory: Path | str) -> dict[str, Recorded]:
 class FakeTokenEndpoint(Resource):
     """
     A fake OAuth token endpoint. Each successful refresh hands out a new access token and
-    a new refresh token (C{access-1}/C{refresh-1}, ...) and records the request.
+    a new refresh token (C{access-1}/C{refresh-1}, ...) and records the request. Like the
+    real provider, it refuses a refresh token that was already spent (400
+    C{invalid_grant}).
 
     @ivar answers: queued (status, JSON body, headers) answers used before the default.
     @ivar hold: while set, requests wait for this Deferred before being answered.
@@ -201,6 +203,7 @@ class FakeTokenEndpoint(Resource):
     expires_in: int = 8 * 3600
     prefix: str = "sk-ant-oat01-fake"
     received: list[dict[str, Any]] = field(factory=list)
+    spent: set[str] = field(factory=set)
     isLeaf = True
 
     def __attrs_post_init__(self) -> None:
@@ -215,14 +218,20 @@ class FakeTokenEndpoint(Resource):
         if self.hold is not None:
             gone: list[Failure] = []
             request.notifyFinish().addErrback(gone.append)
-            self.hold.addCallback(lambda _: None if gone else self._answer(request))
+            self.hold.addCallback(lambda _: None if gone else self._answer(request, body))
             return NOT_DONE_YET
-        return self._answer(request, direct=True)
+        return self._answer(request, body, direct=True)
 
-    def _answer(self, request: IRequest, direct: bool = False) -> bytes:
+    def _answer(self, request: IRequest, body: Any, direct: bool = False) -> bytes:
+        token = body.get("refresh_token") if isinstance(body, dict) else None
         if self.answers:
             status, payload, headers = self.answers.pop(0)
+        elif token in self.spent:
+            status, headers = 400, {}
+            payload = {"error": "invalid_grant", "error_description": "Refresh token reused"}
         else:
+            if isinstance(token, str):
+                self.spent.add(token)
             n = sum(1 for r in self.received if r is not None)
             status, headers = 200, {}
             payload = {"token_type": "Bearer", "access_token": f"{self.prefix}-access-{n}",

@@ -397,7 +397,10 @@ class AccountRefreshTests(_AccountCase):
         self.rig.unavailable()
         self.assertEqual(len(self.rig.fake.received), 1)
         pool = AccountPool([self.account], self.clock)
-        self.assertEqual(pool.candidates(), [])
+        # Offered last, only to look at its file again: it fails at once, no refresh.
+        self.assertEqual(pool.candidates(), [self.account])
+        self.rig.unavailable()
+        self.assertEqual(len(self.rig.fake.received), 1)
         self.assertIsNone(pool.next_available())
 
     def test_new_login_clears_needs_login(self) -> None:
@@ -697,8 +700,8 @@ class StaticAccountTests(SynchronousTestCase):
         self.assertEqual([a.kind for a in accounts],
                          ["api-key", "oauth-token", "claude-code", "claude-code"])
         self.assertEqual([a.home for a in accounts], [None, None, *homes])
-        self.assertIs(accounts[2].endpoint, endpoint)
-        self.assertEqual(accounts[3].margin, 120)
+        self.assertIs(accounts[2].login.endpoint, endpoint)  # type: ignore[union-attr]
+        self.assertEqual(accounts[3].login.margin, 120)  # type: ignore[union-attr]
         self.assertEqual(len({a.id for a in accounts}), 4)
         for account in accounts:
             self.assertNotIn(api_key, account.id)

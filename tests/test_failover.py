@@ -355,7 +355,9 @@ class AccountsAPITests(SynchronousTestCase):
         for secret in ("file-token", "refresh-file-token"):
             self.assertNotIn(secret, text)
         statuses = {a["kind"]: a["status"] for a in report["accounts"]}
-        self.assertTrue(statuses["oauth-token"].startswith("cooling down until"))
-        self.assertEqual(statuses["claude-code"], "ok")
+        reasons = {a["kind"]: a["reason"] for a in report["accounts"]}
+        self.assertEqual(statuses, {"oauth-token": "cooling", "claude-code": "ok"})
+        self.assertTrue(reasons["oauth-token"].startswith("cooling down until"))
+        self.assertIsNone(reasons["claude-code"])
         served = {a["kind"]: a["requests_served"] for a in report["accounts"]}
         self.assertEqual(served["claude-code"], 3)

@@ -127,8 +127,8 @@ class RefreshIntegrationTests(TestCase):
         accounts = await running.http.get(running.url + "/api/accounts",
                                           headers={"Authorization": "Bearer " + ADMIN_KEY})
         [account] = json.loads(await accounts.content())["accounts"]
-        self.assertTrue(account["status"].startswith("needs login:"), account)
-        self.assertIn("invalid_grant", account["status"])
+        self.assertEqual(account["status"], "needs_login", account)
+        self.assertIn("invalid_grant", account["reason"])
 
     async def test_pool_of_homes(self) -> None:
         """Two Claude Code homes are two accounts; requests are spread over both."""

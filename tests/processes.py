@@ -1,0 +1,140 @@
+"""
+Real C{twistd -n linkrouter} processes for tests where process behaviour is the point
+(several routers sharing one login; a router running as an unprivileged user). Each
+reports READY (with its ports) to a datagram socket the test owns, as under systemd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from .harness import ADMIN_KEY, TOKEN_SECRET, in_thread
+
+REPO = Path(__file__).resolve().parent.parent
+TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+class RouterProcess:
+    """
+    One C{twistd -n linkrouter} child on a loopback port, with the test's token secret
+    and admin key, and C{args} (credential options and the like).
+
+    @ivar user: run as this uid/gid (set before exec, as systemd's C{DynamicUser} does).
+    """
+
+    def __init__(self, case: TestCase, base: Path, *args: str,
+                 user: tuple[int, int] | None = None) -> None:
+        base.mkdir(parents=True, exist_ok=True)
+        self.base = base
+        self.notify_path = "@linkrouter-test-" + os.urandom(8).hex()
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind("\0" + self.notify_path[1:])
+        self.notify.setblocking(False)
+        case.addCleanup(self.notify.close)
+        self.log_path = base / "daemon.log"
+        self.log = open(self.log_path, "w+")  # noqa: SIM115 - closed in cleanup
+        case.addCleanup(self.log.close)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base),
+               "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": self.notify_path}
+        state = base / "state"
+        state.mkdir(mode=0o700, exist_ok=True)
+        preexec: Callable[[], None] | None = None
+        if user is not None:
+            os.chown(base, *user)
+            os.chown(state, *user)
+            os.chown(self.log_path, *user)
+
+            def preexec() -> None:
+                os.setgroups([])
+                os.setgid(user[1])
+                os.setuid(user[0])
+
+        self.process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "linkrouter",
+             "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", str(state),
+             "--token-secret", TOKEN_SECRET, "--admin-key", ADMIN_KEY,
+             "--shutdown-grace", "1", *args],
+            cwd=base, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=preexec,  # noqa: PLW1509 - only setuid, before exec
+        )
+        case.addCleanup(self._kill)
+        self.port: int | None = None
+
+    def _kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def ready(self, timeout: float = 30) -> int:
+        """Wait for READY=1; return the port."""
+        waited = 0.0
+        while True:
+            try:
+                message = self.notify.recv(65536).decode()
+            except BlockingIOError:
+                if waited > timeout or self.process.poll() is not None:
+                    raise AssertionError("the router did not start; log:\n"
+                                         + self.text()[-3000:]) from None
+                await sleep(0.05)
+                waited += 0.05
+                continue
+            if message.startswith("READY=1"):
+                status = [x for x in message.splitlines() if x.startswith("STATUS=")][0]
+                self.port = int(status.rsplit(":", 1)[1])
+                return self.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def admin(self, method: str, path: str, body: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
+        """An admin API call, answered as JSON."""
+        assert self.port is not None
+        return await in_thread(_admin, self.port, method, path, body)  # type: ignore[no-any-return]
+
+
+def _admin(port: int, method: str, path: str, body: dict[str, Any] | None) -> Any:
+    data = json.dumps(body).encode() if body is not None else b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                  f"Authorization: Bearer {ADMIN_KEY}\r\ncontent-length: {len(data)}\r\n\r\n"
+                  .encode() + data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer[:500]
+    if b"transfer-encoding: chunked" in head.lower():
+        payload = _unchunk(payload)
+    return json.loads(payload)
+
+
+def _unchunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2:]
+    return out
