@@ -9,8 +9,12 @@ keeps a Claude Code session on the account it started on while that account is h
 most headroom, as the upstream's rate-limit headers report it, in round-robin order.
 
 An account is unhealthy while it cools down after a 429 (until the reset the upstream
-announced, capped by C{--max-cooldown}) or when it needs a new login (its refresh token
-was refused). A 529 (overloaded) is the upstream's problem, not the account's: no cooldown.
+announced, capped by C{--max-cooldown}) or when it needs a login (none on disk, a file
+the router may not read, or a refused refresh token). A 529 (overloaded) is the
+upstream's problem, not the account's: no cooldown. An account that needs a login heals
+by itself: the pool offers it last (asking it re-reads its file), L{AccountWatch} looks
+at it every few seconds, and SIGHUP re-reads every account (L{AccountPool.reread}). The
+refresh itself is L{linkrouter.refresh}.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from twisted.web.http_headers import Headers
 
 from linkrouter.credentials import FLAT_FILES, ClaudeHome, Credential, RunInThread
 from linkrouter.oauth import TokenEndpoint
-from linkrouter.oauth import retry_after_seconds as _retry_after
+from linkrouter.ratelimit import ratelimit_reset, utilization
 from linkrouter.refresh import (
     MAX_REFRESH_BACKOFF,
     REFRESH_MARGIN,
@@ -41,13 +45,13 @@ from linkrouter.refresh import digest as _digest
 from linkrouter.tokens import isoformat
 
 __all__ = ["MAX_REFRESH_BACKOFF", "REFRESH_MARGIN", "Account", "AccountPool",
-           "AccountUnavailable", "LoginNeeded", "build_accounts"]
+           "AccountUnavailable", "LoginNeeded", "build_accounts", "ratelimit_reset",
+           "utilization"]
 
 DEFAULT_MAX_COOLDOWN = 5 * 3600.0
 #: Cooldown after a 429 that says nothing about when to come back.
 DEFAULT_COOLDOWN = 60.0
 MAX_SESSIONS = 10_000
-_RATELIMIT = b"anthropic-ratelimit-unified-"
 
 
 @define
@@ -221,35 +225,6 @@ class Account:
             self._log.info("Account {id} has a new login; using it", id=self.id)
             self.needs_login = self.needs_login_public = None
         self.expires_at = found.expires_at
-
-
-def ratelimit_reset(headers: Headers, now: float) -> float | None:
-    """When the upstream says the account may be used again (absolute Unix seconds)."""
-    candidates = []
-    reset = headers.getRawHeaders(_RATELIMIT + b"reset")
-    if reset:
-        try:
-            candidates.append(float(reset[0]))
-        except ValueError:
-            pass
-    after = _retry_after((headers.getRawHeaders(b"retry-after") or [None])[0], now)
-    if after is not None:
-        candidates.append(now + after)
-    return max(candidates) if candidates else None
-
-
-def utilization(headers: Headers) -> dict[str, float]:
-    """The C{anthropic-ratelimit-unified-*-utilization} figures (0..1) by window."""
-    found: dict[str, float] = {}
-    for name, values in headers.getAllRawHeaders():
-        lowered = name.lower()
-        if lowered.startswith(_RATELIMIT) and lowered.endswith(b"-utilization"):
-            window = lowered[len(_RATELIMIT):-len(b"-utilization")].decode("ascii", "replace")
-            try:
-                found[window or "unified"] = float(values[-1])
-            except ValueError:
-                pass
-    return found
 
 
 @define

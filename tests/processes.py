@@ -34,11 +34,14 @@ class RouterProcess:
     One C{twistd -n linkrouter} child on a loopback port, with the test's token secret
     and admin key, and C{args} (credential options and the like).
 
-    @ivar user: run as this uid/gid (set before exec, as systemd's C{DynamicUser} does).
+    @ivar honour_modes: drop C{CAP_DAC_OVERRIDE} and C{CAP_DAC_READ_SEARCH} from the
+        child's capability bounding set before exec, so that even as root it obeys file
+        modes like any service user (tests run as root; the interpreter lives under
+        C{/root}, so the child cannot simply C{setuid} to nobody).
     """
 
     def __init__(self, case: TestCase, base: Path, *args: str,
-                 user: tuple[int, int] | None = None) -> None:
+                 honour_modes: bool = False) -> None:
         base.mkdir(parents=True, exist_ok=True)
         self.base = base
         self.notify_path = "@linkrouter-test-" + os.urandom(8).hex()
@@ -53,24 +56,14 @@ class RouterProcess:
                "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": self.notify_path}
         state = base / "state"
         state.mkdir(mode=0o700, exist_ok=True)
-        preexec: Callable[[], None] | None = None
-        if user is not None:
-            os.chown(base, *user)
-            os.chown(state, *user)
-            os.chown(self.log_path, *user)
-
-            def preexec() -> None:
-                os.setgroups([])
-                os.setgid(user[1])
-                os.setuid(user[0])
-
+        preexec: Callable[[], None] | None = _drop_dac if honour_modes else None
         self.process = subprocess.Popen(  # noqa: S603
             [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "linkrouter",
              "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", str(state),
              "--token-secret", TOKEN_SECRET, "--admin-key", ADMIN_KEY,
              "--shutdown-grace", "1", *args],
             cwd=base, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            preexec_fn=preexec,  # noqa: PLW1509 - only setuid, before exec
+            preexec_fn=preexec,  # noqa: PLW1509 - one prctl call, before exec
         )
         case.addCleanup(self._kill)
         self.port: int | None = None
@@ -110,6 +103,21 @@ class RouterProcess:
         """An admin API call, answered as JSON."""
         assert self.port is not None
         return await in_thread(_admin, self.port, method, path, body)  # type: ignore[no-any-return]
+
+
+_PR_CAPBSET_DROP = 24
+_CAP_DAC_OVERRIDE = 1
+_CAP_DAC_READ_SEARCH = 2
+
+
+def _drop_dac() -> None:
+    """In the child before exec: lose the capabilities that let root ignore modes."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
 
 def _admin(port: int, method: str, path: str, body: dict[str, Any] | None) -> Any:

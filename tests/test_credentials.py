@@ -150,3 +150,22 @@ class ClaudeHomeTests(SynchronousTestCase):
         pending[0].callback(found)
         self.assertIs(self.successResultOf(first), found)
         self.assertIs(self.successResultOf(second), found)
+
+    def test_forced_read_after_scan_in_flight(self) -> None:
+        """
+        A forced read asked while a scan is in flight does not share it (that scan may
+        predate a write): a new scan starts when it ends, and the forced caller gets that.
+        """
+        pending: list[Deferred[Any]] = []
+        home = ClaudeHome(self.dir, self.clock, lambda fn: pending.append(Deferred())
+                          or pending[-1])
+        first = Deferred.fromCoroutine(home.credential())
+        forced = Deferred.fromCoroutine(home.credential(force=True))
+        self.assertEqual(len(pending), 1)
+        old, new = Credential("oauth", "old", "x"), Credential("oauth", "new", "x")
+        pending[0].callback(old)
+        self.assertIs(self.successResultOf(first), old)
+        self.assertNoResult(forced)
+        self.assertEqual(len(pending), 2)
+        pending[1].callback(new)
+        self.assertIs(self.successResultOf(forced), new)

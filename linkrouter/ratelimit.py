@@ -1,0 +1,42 @@
+# -*- test-case-name: tests.test_accounts -*-
+"""
+What the upstream's rate-limit headers say about an account: when it may be used again
+after a 429, and how much of each window it has used.
+"""
+
+from __future__ import annotations
+
+from twisted.web.http_headers import Headers
+
+from linkrouter.oauth import retry_after_seconds as _retry_after
+
+_RATELIMIT = b"anthropic-ratelimit-unified-"
+
+
+def ratelimit_reset(headers: Headers, now: float) -> float | None:
+    """When the upstream says the account may be used again (absolute Unix seconds)."""
+    candidates = []
+    reset = headers.getRawHeaders(_RATELIMIT + b"reset")
+    if reset:
+        try:
+            candidates.append(float(reset[0]))
+        except ValueError:
+            pass
+    after = _retry_after((headers.getRawHeaders(b"retry-after") or [None])[0], now)
+    if after is not None:
+        candidates.append(now + after)
+    return max(candidates) if candidates else None
+
+
+def utilization(headers: Headers) -> dict[str, float]:
+    """The C{anthropic-ratelimit-unified-*-utilization} figures (0..1) by window."""
+    found: dict[str, float] = {}
+    for name, values in headers.getAllRawHeaders():
+        lowered = name.lower()
+        if lowered.startswith(_RATELIMIT) and lowered.endswith(b"-utilization"):
+            window = lowered[len(_RATELIMIT):-len(b"-utilization")].decode("ascii", "replace")
+            try:
+                found[window or "unified"] = float(values[-1])
+            except ValueError:
+                pass
+    return found
