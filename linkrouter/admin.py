@@ -262,6 +262,10 @@ class MetricsResource(Resource):
         self._metrics = metrics
         self._guard = _AdminResource(admin_key, key_hint) if admin_key is not None else None
 
+    def refuse_early(self, request: IRequest) -> tuple[APIError, ErrorStyle] | None:
+        """Behind the admin key, a missing or wrong key is refused before any body."""
+        return self._guard.refuse_early(request) if self._guard is not None else None
+
     def render(self, request: IRequest) -> bytes:
         try:
             if self._guard is not None:

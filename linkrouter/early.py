@@ -64,3 +64,22 @@ def raw_answer(refusal: Refusal, request: IRequest, request_id: str) -> bytes:
     if request.method == b"HEAD":
         body = b""
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class Discard:
+    """A request body sink for a refused body: every byte is dropped, nothing kept."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def seek(self, *args: Any) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def read(self, *args: Any) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass

@@ -26,7 +26,7 @@ from twisted.web.resource import IResource, Resource
 from linkrouter.access import REQUEST_ID_HEADER, AccessLog, log_access, note
 from linkrouter.admin import MetricsResource
 from linkrouter.config import DEFAULT_MAX_BODY_SIZE
-from linkrouter.early import Refusal, early_refusal, raw_answer
+from linkrouter.early import Discard, Refusal, early_refusal, raw_answer
 from linkrouter.errors import (
     APIError,
     ErrorResource,
@@ -188,25 +188,6 @@ def metrics_tree(metrics: Any) -> Resource:
     return root
 
 
-class _Discard:
-    """A request body sink for a body that will not be used."""
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def seek(self, *args: Any) -> int:
-        return 0
-
-    def tell(self) -> int:
-        return 0
-
-    def read(self, *args: Any) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
-
-
 class RouterRequest(server.Request):
     """
     A request that carries a request id, enforces the site's body-size limit while the
@@ -282,7 +263,7 @@ class RouterRequest(server.Request):
 
     def _refuse(self, refusal: Refusal) -> None:
         self._refusal = refusal
-        self.content = _Discard()
+        self.content = Discard()
         # No "100 Continue" for a body we will not read.
         self.requestHeaders.removeHeader(b"expect")
         if not isinstance(self.channel, http.HTTPChannel) or self.channel.transport is None:

@@ -151,6 +151,7 @@ class EarlyRefusalTests(TestCase):
         body = await self._refused(running, upload_head(
             b"/api/tokens", b"authorization: Bearer wrong\r\n"), 401)
         self.assertNotIn(ADMIN_KEY, json.dumps(body))
+        await self._refused(running, upload_head(b"/metrics"), 401)
         body = await self._refused(running, upload_head(b"/api/nope"), 404)
         self.assertEqual(body["error"]["type"], "not_found_error")
 

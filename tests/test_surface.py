@@ -279,6 +279,14 @@ class JSONErrorTests(SynchronousTestCase):
             response = self.successResultOf(w.request(method, path, headers={}))
             self.assertJSONError(response, 404)
 
+    def test_method_not_allowed_json(self) -> None:
+        """Wrong methods on the probes and /health: JSON 405 with an Allow header."""
+        w = world(self)
+        for method, path in (("POST", "/api/hello"), ("DELETE", "/health"), ("PUT", "/")):
+            response = self.successResultOf(w.request(method, path, headers={}))
+            self.assertJSONError(response, 405)
+            self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"GET, HEAD"])
+
     def test_forbidden_path_json(self) -> None:
         """A closed upstream path through the whole tree: JSON 404, nothing upstream."""
         w = world(self)
