@@ -194,15 +194,19 @@ class Account:
         return fresh if fresh.secret != rejected.secret else None
 
     async def probe(self, force: bool = False) -> None:
-        """Look at the login again (C{force}: re-read the file now), updating the state."""
-        if self.home is None:
+        """
+        Look at the login again (C{force}: re-read the file now), updating the state.
+        Never refreshes (a reload must not wait on the token endpoint): the next request
+        does that.
+        """
+        if self.home is None or self.login is None:
             return
-        if force:
-            await self.home.credential(force=True)
         try:
-            await self.credential()
-        except AccountUnavailable:
-            pass
+            found = self.login.present(await self.home.credential(force=force))
+        except LoginNeeded as e:
+            self._needs(e)
+            return
+        self._usable(found)
 
     def check_now(self) -> None:
         """Blocking, at start-up: read the login so the state is true from the start."""

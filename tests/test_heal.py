@@ -137,6 +137,21 @@ class PoolHealingTests(SynchronousTestCase):
         self.assertEqual(account.to_json(world.clock.seconds())["status"], "ok")
         self.assertEqual(self.code(world), 200)
 
+    def test_reread_never_refreshes(self) -> None:
+        """
+        A re-read (SIGHUP) finding an expiring login does not call the token endpoint,
+        so a reload never waits on it; the next request refreshes.
+        """
+        tokens = FakeTokenEndpoint()
+        tokens.hold = Deferred()
+        self.addCleanup(lambda: tokens.hold.called or tokens.hold.callback(None))
+        world = self.world(tokens)
+        write_login(self.directory, random_secret("oat01"), NOW + 10)
+        self.successResultOf(Deferred.fromCoroutine(world.pool.reread()))
+        self.assertEqual(tokens.received, [])
+        [account] = world.pool.accounts
+        self.assertEqual(account.expires_at, NOW + 10)
+
     def test_watch_heals_without_traffic(self) -> None:
         """
         L{AccountWatch} looks again at accounts needing a login every few seconds, so
