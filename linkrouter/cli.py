@@ -218,7 +218,7 @@ def doctor(config: Config, out: TextIO, online: bool = False) -> int:
         try:
             credential = run_now(account.credential())
         except AccountUnavailable as e:
-            report(None, "account", f"{account.id}: {e}")
+            report(None, "account", f"{account.id}: {account.needs_login or e}")
             continue
         usable += 1
         expired = credential.expires_at is not None and credential.expires_at < time.time()

@@ -278,6 +278,7 @@ class CLITestsMixin:
         self.assertEqual(len(failed), 1, outcome.out)
         self.assertIn("credential", failed[0])
         self.assertIn("/login", failed[0])
+        self.assertIn(f"no Claude Code login in {self.no_login}", outcome.out)
         self.assertNotIn(self.secret, outcome.out)
 
     def test_doctor_with_credential(self) -> None:
