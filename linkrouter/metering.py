@@ -19,13 +19,42 @@ from attrs import define, field
 MAX_PENDING = 4 * 1024 * 1024
 
 
+#: Usage keys read from an answer, and the meter attribute each one sets.
+_COUNTED = (
+    ("input_tokens", "input_tokens"),
+    ("output_tokens", "output_tokens"),
+    ("cache_read_input_tokens", "cache_read_tokens"),
+    ("cache_creation_input_tokens", "cache_creation_tokens"),
+)
+#: The parts of C{usage.cache_creation}, by cache lifetime.
+_CACHE_WRITES = (
+    ("ephemeral_5m_input_tokens", "cache_write_5m_tokens"),
+    ("ephemeral_1h_input_tokens", "cache_write_1h_tokens"),
+)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else None
+
+
 @define
 class UsageMeter:
-    """Feed it the response body chunk by chunk; read C{input_tokens}/C{output_tokens}."""
+    """
+    Feed it the response body chunk by chunk; read C{input_tokens}, C{output_tokens},
+    C{cache_read_tokens} and C{cache_write_tokens} (the 5 m and 1 h cache writes
+    together; apart in C{cache_write_5m_tokens} and C{cache_write_1h_tokens} when the
+    answer breaks them down). Every count is the largest seen so far, so a stream cut
+    short has counted what it reported before it broke.
+    """
 
     streaming: bool
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     _pending: bytearray = field(factory=bytearray)
     _overflowed: bool = False
 
@@ -79,10 +108,21 @@ class UsageMeter:
         elif message.get("type") == "message_delta":
             self._usage(message.get("usage"))
 
+    @property
+    def cache_write_tokens(self) -> int:
+        """Cache writes of every lifetime (the store's C{cache_write_tokens})."""
+        return max(self.cache_creation_tokens,
+                   self.cache_write_5m_tokens + self.cache_write_1h_tokens)
+
     def _usage(self, usage: Any) -> None:
         if not isinstance(usage, dict):
             return
-        for key in ("input_tokens", "output_tokens"):
-            value = usage.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, key, max(getattr(self, key), value))
+        self._take(usage, _COUNTED)
+        if isinstance(usage.get("cache_creation"), dict):
+            self._take(usage["cache_creation"], _CACHE_WRITES)
+
+    def _take(self, source: dict[str, Any], keys: tuple[tuple[str, str], ...]) -> None:
+        for key, attribute in keys:
+            value = _count(source.get(key))
+            if value is not None:
+                setattr(self, attribute, max(getattr(self, attribute), value))

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 
 from linkrouter.tokens import TokenClaims, isoformat
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Migrations, in order: (version, statements). Never edit one that has shipped.
 _MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -48,11 +48,20 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX tokens_revoked ON tokens (revoked_at) WHERE revoked_at IS NOT NULL",
         ],
     ),
+    (
+        2,
+        [
+            # Prompt-cache reads and writes (5 m and 1 h together), most of Claude Code's
+            # input.
+            "ALTER TABLE tokens ADD COLUMN cache_read_tokens BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE tokens ADD COLUMN cache_write_tokens BIGINT NOT NULL DEFAULT 0",
+        ],
+    ),
 ]
 
 _COLUMNS = (
     "id, label, created_at, expires_at, revoked_at, last_used_at, "
-    "request_count, input_tokens, output_tokens"
+    "request_count, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens"
 )
 
 
@@ -73,6 +82,8 @@ class TokenRecord:
     request_count: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +97,8 @@ class TokenRecord:
             "request_count": self.request_count,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
         }
 
 
@@ -101,6 +114,8 @@ class UsageDelta:
     requests: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     def plus(self, later: UsageDelta | None) -> UsageDelta:
         """This usage followed by C{later} usage of the same token."""
@@ -115,6 +130,8 @@ class UsageDelta:
             requests=self.requests + later.requests,
             input_tokens=self.input_tokens + later.input_tokens,
             output_tokens=self.output_tokens + later.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + later.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + later.cache_write_tokens,
         )
 
 
@@ -264,7 +281,7 @@ class Queries:
 
     def insert(self, cursor: _Cursor, record: TokenRecord) -> TokenRecord:
         cursor.execute(
-            self._sql(f"INSERT INTO tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+            self._sql(f"INSERT INTO tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
             (
                 record.id,
                 record.label,
@@ -275,6 +292,8 @@ class Queries:
                 record.request_count,
                 record.input_tokens,
                 record.output_tokens,
+                record.cache_read_tokens,
+                record.cache_write_tokens,
             ),
         )
         return record
@@ -304,18 +323,22 @@ class Queries:
         """Add usage counters, creating rows for tokens minted elsewhere (same secret)."""
         statement = self._sql(
             "INSERT INTO tokens (id, label, created_at, expires_at, last_used_at, "
-            "request_count, input_tokens, output_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "request_count, input_tokens, output_tokens, cache_read_tokens, "
+            "cache_write_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET "
             "last_used_at = excluded.last_used_at, "
             "request_count = tokens.request_count + excluded.request_count, "
             "input_tokens = tokens.input_tokens + excluded.input_tokens, "
-            "output_tokens = tokens.output_tokens + excluded.output_tokens"
+            "output_tokens = tokens.output_tokens + excluded.output_tokens, "
+            "cache_read_tokens = tokens.cache_read_tokens + excluded.cache_read_tokens, "
+            "cache_write_tokens = tokens.cache_write_tokens + excluded.cache_write_tokens"
         )
         for d in deltas:
             cursor.execute(
                 statement,
                 (d.id, d.label, d.created_at, d.expires_at, d.last_used_at,
-                 d.requests, d.input_tokens, d.output_tokens),
+                 d.requests, d.input_tokens, d.output_tokens, d.cache_read_tokens,
+                 d.cache_write_tokens),
             )
 
 
@@ -430,7 +453,8 @@ class UsageRecorder:
     _log = Logger()
 
     def record(self, claims: TokenClaims, input_tokens: int = 0, output_tokens: int = 0,
-               requests: int = 1) -> None:
+               requests: int = 1, cache_read_tokens: int = 0,
+               cache_write_tokens: int = 0) -> None:
         delta = UsageDelta(
             id=claims.id,
             label=claims.label,
@@ -440,6 +464,8 @@ class UsageRecorder:
             requests=requests,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            cache_read_tokens=cache_read_tokens,
+            cache_write_tokens=cache_write_tokens,
         )
         old = self.pending.get(claims.id)
         self.pending[claims.id] = old.plus(delta) if old else delta

@@ -320,6 +320,62 @@ class StoreTestsMixin(_Backend):
                           got_bob.output_tokens, got_bob.last_used_at),
                          ("bob", 1, 1, 2, NOW + 11))
 
+    def test_add_usage_counts_cache_tokens(self) -> None:
+        """
+        Prompt-cache reads and writes are added up per token like the other counters,
+        for a new row and an existing one, and shown in the token's JSON record.
+        """
+        store = self.store()
+        token_id = new_id()
+
+        def delta(at: int, read: int, write: int) -> UsageDelta:
+            return UsageDelta(id=token_id, label="cached", created_at=NOW,
+                              expires_at=NOW + DAY, last_used_at=at, requests=1,
+                              input_tokens=3, output_tokens=4, cache_read_tokens=read,
+                              cache_write_tokens=write)
+
+        self.successResultOf(store.add_usage([delta(NOW + 1, 40000, 1500)]))
+        self.successResultOf(store.add_usage([delta(NOW + 2, 2000, 10).plus(
+            delta(NOW + 3, 5, 1))]))
+        record = self.successResultOf(store.get(token_id))
+        self.assertEqual((record.request_count, record.input_tokens, record.cache_read_tokens,
+                          record.cache_write_tokens), (3, 9, 42005, 1511))
+        shown = record.to_json()
+        self.assertEqual((shown["cache_read_tokens"], shown["cache_write_tokens"]),
+                         (42005, 1511))
+
+    def test_migration_from_version_1_keeps_rows(self) -> None:
+        """
+        A store made by a linkrouter with schema version 1 (no cache columns) is
+        migrated on start: its rows are kept, with zero cache tokens, and count them after.
+        """
+        from linkrouter.store import _MIGRATIONS
+
+        if self.database.kind == "sqlite":
+            self.database.sqlite_path.parent.mkdir(parents=True)
+        self.query(self.database, "CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statement in _MIGRATIONS[0][1]:
+            self.query(self.database, statement)
+        self.query(self.database, "INSERT INTO schema_version (version) VALUES (1)")
+        old = new_id()
+        self.query(self.database,
+                   "INSERT INTO tokens (id, label, created_at, expires_at, request_count, "
+                   f"input_tokens, output_tokens) VALUES ('{old}', 'old', {NOW}, "
+                   f"{NOW + DAY}, 7, 70, 700)")
+        self.assertEqual(prepare(self.database), (1, frozenset()))
+        self.assertEqual(self.versions(self.database), list(range(1, SCHEMA_VERSION + 1)))
+        store = self.store()
+        kept = self.successResultOf(store.get(old))
+        self.assertEqual((kept.label, kept.request_count, kept.input_tokens,
+                          kept.output_tokens, kept.cache_read_tokens, kept.cache_write_tokens),
+                         ("old", 7, 70, 700, 0, 0))
+        self.successResultOf(store.add_usage([UsageDelta(
+            id=old, label="old", created_at=NOW, expires_at=NOW + DAY, last_used_at=NOW,
+            requests=1, cache_read_tokens=9, cache_write_tokens=8)]))
+        kept = self.successResultOf(store.get(old))
+        self.assertEqual((kept.request_count, kept.cache_read_tokens, kept.cache_write_tokens),
+                         (8, 9, 8))
+
     def test_failed_operation_rolls_back(self) -> None:
         """
         An operation that fails (inserting an id twice) fails its Deferred, changes
