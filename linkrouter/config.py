@@ -28,6 +28,7 @@ DEFAULT_UPSTREAM = "https://api.anthropic.com"
 DEFAULT_OAUTH_TOKEN_URL = "https://platform.claude.com/v1/oauth/token"  # noqa: S105
 DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
 DEFAULT_UPSTREAM_TIMEOUT = 600.0
+DEFAULT_UPSTREAM_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_COOLDOWN = 5 * 3600.0
 DEFAULT_REFRESH_MARGIN = 60.0
 DEFAULT_TLS_PORT = 8443
@@ -83,6 +84,7 @@ class Config:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     log_format: str = "text"
     allow_upstream: tuple[str, ...] = ()
+    upstream_idle_timeout: float = DEFAULT_UPSTREAM_IDLE_TIMEOUT
 
 
 def _pick(raw: Mapping[str, object], env: Mapping[str, str], key: str, *names: str) -> str | None:
@@ -326,6 +328,9 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
                                 DEFAULT_SHUTDOWN_GRACE, allow_zero=True),
         log_format=log_format,
         allow_upstream=tuple(allow_upstream),
+        upstream_idle_timeout=_seconds(raw, env, "upstream_idle_timeout",
+                                       "LINKROUTER_UPSTREAM_IDLE_TIMEOUT",
+                                       DEFAULT_UPSTREAM_IDLE_TIMEOUT),
     )
 
 

@@ -176,8 +176,11 @@ class Shaper:
     def close(self) -> bytes:
         return b""
 
-    def broken(self, message: str) -> bytes | None:
-        """Bytes that tell the client the stream broke, or C{None} to cut the connection."""
+    def broken(self, message: str, error_type: str = "api_error") -> bytes | None:
+        """
+        Bytes that tell the client the stream broke (C{error_type} is the Anthropic error
+        type), or C{None} to cut the connection.
+        """
         return None
 
 
@@ -200,10 +203,10 @@ class AnthropicShaper(Shaper):
             self._boundary = chunk.endswith(b"\n\n")
         return chunk
 
-    def broken(self, message: str) -> bytes | None:
+    def broken(self, message: str, error_type: str = "api_error") -> bytes | None:
         if not (self._sse and self._boundary):
             return None
-        return b"event: error\ndata: " + APIError(502, message).body() + b"\n\n"
+        return b"event: error\ndata: " + APIError(502, message, error_type).body() + b"\n\n"
 
 
 # -- Bedrock ------------------------------------------------------------------------------
@@ -298,7 +301,7 @@ class BedrockShaper(Shaper):
             return self._frames(final=True)
         return b""
 
-    def broken(self, message: str) -> bytes | None:
+    def broken(self, message: str, error_type: str = "api_error") -> bytes | None:
         if not self._sse:
             return None
         return exception_frame("internalServerException", message)

@@ -11,7 +11,8 @@ it, and they never echo a secret.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine
+import re
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from attrs import frozen
@@ -73,6 +74,63 @@ def short_reason(e: BaseException) -> str:
         return short_reason(inner)
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0][:200]
+
+
+def _innermost(e: BaseException) -> BaseException:
+    reasons = getattr(e, "reasons", None)
+    if reasons:
+        inner = reasons[0].value if isinstance(reasons[0], Failure) else reasons[0]
+        if isinstance(inner, BaseException):
+            return _innermost(inner)
+    return e
+
+
+#: Connection failures a client may be told about, by exception class name, in words
+#: that carry nothing the upstream sent (a non-HTTP server's banner, say) and no address.
+_CLIENT_REASONS = {
+    "ConnectionRefusedError": "the connection was refused",
+    "DNSLookupError": "its host name could not be resolved",
+    "TCPTimedOutError": "connecting timed out",
+    "TimeoutError": "connecting timed out",
+    "NoRouteError": "there is no route to it",
+    "ParseError": "it did not answer in HTTP",
+    "BadHeaders": "it did not answer in HTTP",
+    "VerificationError": "its TLS certificate did not verify",
+    "ConnectionLost": "the connection was lost",
+    "ConnectionDone": "the connection was closed",
+    "ResponseNeverReceived": "the connection was closed before an answer",
+}
+
+
+def client_reason(e: BaseException) -> str:
+    """
+    A reason for a connection failure fit for a client: one of a few fixed phrases, never
+    the exception's text (which may quote the upstream's bytes or name its address).
+    """
+    inner = _innermost(e)
+    if type(inner).__module__.startswith("OpenSSL"):
+        return "the TLS handshake failed"
+    for cls in type(inner).__mro__:
+        if cls.__name__ in _CLIENT_REASONS:
+            return _CLIENT_REASONS[cls.__name__]
+    return "the connection failed"
+
+
+HIDDEN_PATH = "<path in the router's log>"
+_PATH = re.compile(
+    r"(?<![\w:/.~-])(?:~/|/[^\s/;,()'\"`]+/)[^\s;,()'\"`]*[^\s;,()'\"`.]"
+)
+
+
+def without_paths(text: str, known: Iterable[str] = ()) -> str:
+    """
+    C{text} with every file path replaced: the C{known} ones (which may be relative), and
+    any absolute one with two or more parts or under C{~/}. Client-facing errors name no
+    file (the router's log does).
+    """
+    for path in sorted({p for p in known if p}, key=len, reverse=True):
+        text = text.replace(path, HIDDEN_PATH)
+    return _PATH.sub(HIDDEN_PATH, text)
 
 
 def render_json(request: IRequest, answer: Coroutine[Any, Any, Any], fallback: APIError,

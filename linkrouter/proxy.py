@@ -15,11 +15,10 @@ import math
 import time
 from typing import Any, Protocol
 
-import treq
-from attrs import define, frozen
+from attrs import define, field, frozen
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,9 +33,17 @@ from linkrouter.accounts import AccountPool, AccountUnavailable
 from linkrouter.bodies import drop, read_small
 from linkrouter.credentials import Credential
 from linkrouter.dialects import AnthropicShaper, Outgoing, Route, Shaper
-from linkrouter.errors import APIError, ErrorStyle, anthropic_style, short_reason, write_error
-from linkrouter.metering import UsageMeter
+from linkrouter.errors import (
+    APIError,
+    ErrorStyle,
+    anthropic_style,
+    client_reason,
+    short_reason,
+    without_paths,
+    write_error,
+)
 from linkrouter.metrics import Metrics
+from linkrouter.relay import DEFAULT_IDLE_TIMEOUT, Relay, Streams, UsageSink
 from linkrouter.surface import DEFAULT_SURFACE, Surface
 from linkrouter.tokens import Gatekeeper, TokenClaims
 
@@ -145,11 +152,7 @@ def downstream_headers(upstream: Headers, into: Headers) -> None:
         into.setRawHeaders(name, list(values))
 
 
-class UsageSink(Protocol):
-    def record(
-        self, claims: TokenClaims, input_tokens: int = 0, output_tokens: int = 0,
-        requests: int = 1,
-    ) -> None: ...
+__all__ = ["UsageSink"]  # the usage interface lives with the relay; kept importable here
 
 
 @frozen
@@ -161,6 +164,7 @@ class Upstream:
         keeps nothing (one user's cookies must never reach another's request).
     @ivar base_url: e.g. C{https://api.anthropic.com} (no trailing slash).
     @ivar timeout: seconds to wait for the response headers.
+    @ivar idle_timeout: seconds without a byte of the answer body before it is ended.
     """
 
     client: HTTPClient
@@ -168,6 +172,7 @@ class Upstream:
     reactor: IReactorTime
     cooperator: Cooperator
     timeout: float
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
 
 
 @define
@@ -180,32 +185,8 @@ class _Exchange:
     gone: bool = False
     timed_out: bool = False
     pending: Deferred[Any] | None = None
-    producer: IPushProducer | None = None
+    relay: Relay | None = None
     shaper: Shaper = Shaper()
-
-
-class _Paced:
-    """
-    An L{IResponse} whose body transport becomes the client connection's producer.
-
-    L{treq.collect} hands its protocol to C{deliverBody}, which connects it to the
-    upstream connection's L{IPushProducer}; registering that with the client request lets
-    twisted.web pause the upstream read while the client is slow.
-    """
-
-    def __init__(self, response: Any, exchange: _Exchange) -> None:
-        self._response = response
-        self._exchange = exchange
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._response, name)
-
-    def deliverBody(self, protocol: Any) -> None:  # noqa: N802 - IResponse
-        self._response.deliverBody(protocol)
-        producer = getattr(protocol, "transport", None)
-        if producer is not None and not self._exchange.gone:
-            self._exchange.producer = producer
-            self._exchange.request.registerProducer(producer, True)
 
 
 class _KeepOpen:
@@ -267,6 +248,8 @@ class Proxy:
 
     @ivar route: turns the client request into the upstream call (the dialect).
     @ivar style: how errors are written for this dialect's clients.
+    @ivar streams: the answers being relayed (shared by the router's proxies, so a
+        revocation or a shutdown can end them).
     """
 
     pool: AccountPool
@@ -276,6 +259,7 @@ class Proxy:
     style: ErrorStyle = anthropic_style
     dialect: str = "messages"
     metrics: Metrics | None = None
+    streams: Streams = field(factory=Streams)
     _log = Logger()
 
     def serve(self, request: IRequest, claims: TokenClaims) -> int:
@@ -290,8 +274,8 @@ class Proxy:
         def gone(reason: Failure) -> None:
             exchange.gone = True
             log_access(request, status="client-gone")
-            if exchange.producer is not None:
-                exchange.producer.stopProducing()
+            if exchange.relay is not None:
+                exchange.relay.client_gone()
             if exchange.pending is not None:
                 exchange.pending.cancel()
             d.cancel()
@@ -402,7 +386,12 @@ class Proxy:
             request.responseHeaders.setRawHeaders(b"retry-after", [retry_after.encode()])
             raise APIError(429, "Every upstream account is rate limited; retry after "
                            f"{retry_after} seconds.", "rate_limit_error")
-        raise APIError(502, self.pool.missing_message(problems), "api_error")
+        # The whole story names credential files: the log has it, clients get it without.
+        why = self.pool.missing_message(problems)
+        self._log.warn("No upstream account for {path}: {why}", path=request.path, why=why)
+        places = [str(p) for a in self.pool.accounts if a.home is not None
+                  for p in (a.home.path, a.home.directory)]
+        raise APIError(502, without_paths(why, places), "api_error")
 
     async def _send(
         self, exchange: _Exchange, method: bytes, url: str, headers: Headers,
@@ -436,9 +425,10 @@ class Proxy:
                     f"The upstream did not answer within {self.upstream.timeout:g} seconds "
                     "(--upstream-timeout).",
                 ) from None
+            self._log.warn("The upstream {url} could not be reached: {why}", url=url,
+                           why=short_reason(e))
             raise APIError(
-                502,
-                f"The upstream {self.upstream.base_url} could not be reached: {short_reason(e)}.",
+                502, f"The upstream could not be reached: {client_reason(e)}."
             ) from None
         finally:
             exchange.pending = None
@@ -446,73 +436,13 @@ class Proxy:
                 timer.cancel()
 
     async def _relay(self, exchange: _Exchange, response: Any) -> None:
-        request = exchange.request
-        exchange.note.upstream_status = response.code
-        request.setResponseCode(response.code, response.phrase or None)
-        downstream_headers(response.headers, request.responseHeaders)
-        shaper = exchange.shaper
-        shaper.start(response.code, response.headers, request.responseHeaders)
-        content_type = (response.headers.getRawHeaders(b"content-type") or [None])[0]
-        meter = UsageMeter.for_content_type(content_type)
-
-        def write(data: bytes) -> None:
-            if exchange.gone:
-                raise ConnectionError("client went away")
-            shaped = shaper.feed(data)
-            if shaped:
-                self._sent(exchange, shaped)
-            meter.feed(data)
-
-        try:
-            await treq.collect(_Paced(response, exchange), write)
-        except Exception as e:
-            if exchange.gone:
-                return
-            self._unregister(exchange)
-            self._broken_stream(exchange, e)
-            return
-        self._unregister(exchange)
-        tail = shaper.close()
-        if tail:
-            self._sent(exchange, tail)
-        meter.close()
-        if 200 <= response.code < 300:
-            self.usage.record(exchange.claims, meter.input_tokens, meter.output_tokens)
-        else:
-            self.usage.record(exchange.claims)
-        request.finish()
-
-    def _sent(self, exchange: _Exchange, data: bytes) -> None:
-        exchange.request.write(data)
-        access = exchange.note
-        access.sent_bytes += len(data)
-        if self.metrics is not None:
-            self.metrics.bytes.labels("down").inc(len(data))
-            if access.first_byte is None:
-                access.first_byte = time.monotonic()
-                self.metrics.first_byte.labels(self.dialect).observe(
-                    access.first_byte - access.started)
-
-    def _unregister(self, exchange: _Exchange) -> None:
-        if exchange.producer is not None:
-            exchange.producer = None
-            exchange.request.unregisterProducer()
-
-    def _broken_stream(self, exchange: _Exchange, e: Exception) -> None:
-        """The upstream failed mid-answer: tell the client as well as its format allows."""
-        self._log.warn(
-            "Upstream answer to {path} broke off after {n} bytes: {why}",
-            path=exchange.request.path, n=exchange.note.sent_bytes, why=short_reason(e),
+        downstream_headers(response.headers, exchange.request.responseHeaders)
+        exchange.relay = Relay(
+            exchange.request, exchange.claims, exchange.note, exchange.shaper, self.usage,
+            self.upstream.reactor, self.streams, self.upstream.idle_timeout, self.metrics,
+            self.dialect,
         )
-        request = exchange.request
-        notice = exchange.shaper.broken(
-            f"The upstream connection broke mid-stream: {short_reason(e)}.")
-        if notice is not None:
-            request.write(notice)
-            request.finish()
-        else:
-            # Closing without the final chunk tells the client the body is incomplete.
-            request.loseConnection()
+        await exchange.relay.run(response)
 
     def _fail(self, exchange: _Exchange, error: APIError) -> None:
         request = exchange.request

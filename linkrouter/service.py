@@ -45,6 +45,7 @@ from linkrouter.metrics import Metrics
 from linkrouter.oauth import TokenEndpoint
 from linkrouter.profiles import InferenceProfiles, ModelCatalogue
 from linkrouter.proxy import Proxy, TokenGate, Upstream, messages_route
+from linkrouter.relay import Streams
 from linkrouter.resource import RouterSite, admin_tree, build_tree, metrics_tree
 from linkrouter.store import (
     Database,
@@ -122,6 +123,7 @@ class Router:
     upstream: Upstream
     admin: TokenAdmin
     metrics: Metrics
+    streams: Streams
 
     def resources(self) -> tuple[IResource, IResource | None]:
         """The client tree, and the admin tree when the admin API has its own listeners."""
@@ -131,7 +133,7 @@ class Router:
 
         def gate(route: Route, dialect: str, style: ErrorStyle = anthropic_style) -> IResource:
             proxy = Proxy(self.pool, self.upstream, self.usage, route, style, dialect,
-                          self.metrics)
+                          self.metrics, self.streams)
             return TokenGate(self.gatekeeper, proxy, style, self.metrics, dialect)
 
         hint = (
@@ -244,14 +246,16 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, adbapi.Connectio
     accounts.check_now()  # true from the start; warns about each account needing a login
     upstream = Upstream(
         client, config.upstream, reactor, Cooperator(scheduler=_scheduler(reactor)),
-        config.upstream_timeout,
+        config.upstream_timeout, config.upstream_idle_timeout,
     )
     admin = TokenAdmin(authority, store, revocations, reactor)
     metrics = Metrics(accounts.to_json)
     for account in accounts.accounts:
         account.on_refresh = lambda outcome: metrics.refreshes.labels(outcome).inc()
+    streams = Streams()
+    revocations.subscribe(streams.revoked)
     router = Router(config, secrets, store, revocations, usage, gatekeeper, accounts,
-                    upstream, admin, metrics)
+                    upstream, admin, metrics, streams)
     return router, pool, http_pool
 
 
@@ -372,13 +376,20 @@ class RouterService(MultiService):
         left = sum(len(site.inflight) for site in self.sites)
         if left:
             _log.warn("Stopping: cutting {n} request(s) still in flight", n=left)
+            # Streams end with their dialect's mid-stream error, not a reset.
+            self.router.streams.end_all(
+                "linkrouter is shutting down and its grace period (--shutdown-grace) is "
+                "over; the answer is incomplete. Retry the request.")
         for site in self.sites:
-            site.close(abort=bool(left))
-        # Let what was written reach the clients before the reactor drops the sockets.
+            site.close()
+        # Let what was written reach the clients before the reactor drops the sockets;
+        # then cut what is left (a client that does not read).
         flush_until = self.reactor.seconds() + 2.0
         while (any(site.open_connections() for site in self.sites)
                and self.reactor.seconds() < flush_until):
             await deferLater(self.reactor, 0.02, lambda: None)
+        for site in self.sites:
+            site.close(abort=True)
         for child in reversed(list(self)):
             if child not in self.all_listeners and child.running:
                 await maybeDeferred(child.stopService)

@@ -420,27 +420,45 @@ class RevocationCache:
     """
     The set of revoked token ids, re-read from the store every second or so, so that a
     revocation made by the CLI or another instance takes effect here without a query per
-    request.
+    request. Listeners (L{subscribe}) hear of each id the first time it is seen revoked,
+    e.g. to end that token's answers still streaming.
     """
 
     store: TokenStore
     revoked: frozenset[str] = frozenset()
+    _listeners: list[Callable[[str], object]] = field(factory=list)
     _log = Logger()
 
     def __contains__(self, token_id: str) -> bool:
         return token_id in self.revoked
 
+    def subscribe(self, listener: Callable[[str], object]) -> None:
+        """Call C{listener(token_id)} for every revocation seen from now on."""
+        self._listeners.append(listener)
+
     def add(self, token_id: str) -> None:
         """Record a revocation made by this process at once."""
-        self.revoked = self.revoked | {token_id}
+        self._learn(frozenset({token_id}))
 
     async def refresh(self) -> None:
         try:
             # A union: revocations are permanent, and one made here while the query ran
             # must not be dropped by its result.
-            self.revoked = self.revoked | await self.store.revoked_ids()
+            self._learn(await self.store.revoked_ids())
         except Exception:  # noqa: BLE001 - keep the last good set and keep polling
             self._log.failure("Could not refresh the revocation list; keeping the last one")
+
+    def _learn(self, ids: frozenset[str]) -> None:
+        new = ids - self.revoked
+        if not new:
+            return
+        self.revoked = self.revoked | new
+        for token_id in new:
+            for listener in self._listeners:
+                try:
+                    listener(token_id)
+                except Exception:  # noqa: BLE001 - one listener must not stop the others
+                    self._log.failure("A revocation listener failed")
 
 
 @define

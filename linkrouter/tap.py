@@ -105,6 +105,10 @@ class Options(usage.Options):
         ["upstream-timeout", None, None,
          f"Seconds to wait for the upstream's response headers before answering 504. "
          f"[env: LINKROUTER_UPSTREAM_TIMEOUT; default {DEFAULT_UPSTREAM_TIMEOUT:g}]"],
+        ["upstream-idle-timeout", None, None,
+         "Seconds an answer may go without a byte from the upstream before it is ended "
+         "(the client gets a mid-stream error). [env: LINKROUTER_UPSTREAM_IDLE_TIMEOUT; "
+         "default 300]"],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:

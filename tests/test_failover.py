@@ -54,7 +54,8 @@ class _Usage:
     records: list[str] = field(factory=list)
 
     def record(self, claims: TokenClaims, input_tokens: int = 0, output_tokens: int = 0,
-               requests: int = 1) -> None:
+               requests: int = 1, cache_read_tokens: int = 0,
+               cache_write_tokens: int = 0) -> None:
         self.records.append(claims.id)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -365,7 +366,10 @@ class ErrorPathTests(TestCase):
     timeout = 60
 
     async def test_upstream_unreachable(self) -> None:
-        """Nothing listening upstream: 502 api_error naming the upstream, no secret."""
+        """
+        Nothing listening upstream: 502 api_error saying the upstream could not be reached
+        and why, without its URL (the log has it) or a secret.
+        """
         dead = f"http://127.0.0.1:{free_port()}"
         running = await start_router(self, upstream_url=dead)
         token = (await running.issue())["token"]
@@ -374,8 +378,11 @@ class ErrorPathTests(TestCase):
         body = json.loads(await response.content())
         self.assertEqual(response.code, 502)
         self.assertEqual(body["error"]["type"], "api_error")
-        self.assertIn(dead, body["error"]["message"])
-        self.assertIn("could not be reached", body["error"]["message"])
+        self.assertNotIn(dead, body["error"]["message"])
+        self.assertNotIn("127.0.0.1", body["error"]["message"])
+        self.assertIn("could not be reached: the connection was refused",
+                      body["error"]["message"])
+        self.assertIn(dead, running.logs.text())
         self.assertNotIn(OAUTH_TOKEN, json.dumps(body))
 
     async def test_sdk_sees_authentication_errors(self) -> None:
@@ -519,8 +526,37 @@ class LogHygieneTests(TestCase):
         for secret in running.secrets() + [token, token[len("la_sk_"):]]:
             self.assertNotIn(secret, everything)
         self.assertNotIn("sk-ant-oat01-someone-elses", everything)
+        client_facing = b"\n".join(bodies).decode()
+        for place in (running.upstream_url, str(running.home), str(running.home.resolve())):
+            self.assertNotIn(place, client_facing)
         access = [line for line in running.logs.lines if " /v1/" in line and "token=" in line]
         self.assertEqual(len(access), 6, access)
         self.assertTrue(any("POST /v1/messages 200" in line and issued["id"] in line
                             and "upstream=200" in line for line in access), access)
         self.assertTrue(any("GET /v1/models 403" in line for line in access), access)
+
+    async def test_no_path_or_upstream_url_in_error_bodies(self) -> None:
+        """
+        The 502s of a router with no usable login and of one whose upstream is down name
+        neither the credential files nor the upstream URL; the log names both.
+        """
+        empty = Path(self.mktemp()).resolve()
+        empty.mkdir()
+        dead = f"http://127.0.0.1:{free_port()}"
+        bodies: list[bytes] = []
+        logs = ""
+        for flags in ({"claude_code_homes": [str(empty)]}, {"upstream_url": dead}):
+            running = await start_router(self, **flags)
+            token = (await running.issue())["token"]
+            for path in ("/v1/models", "/v1/messages"):
+                response = await running.http.post(
+                    running.url + path, data=b'{"model": "m", "stream": true}',
+                    headers={"x-api-key": token}) if path == "/v1/messages" else (
+                    await running.http.get(running.url + path, headers={"x-api-key": token}))
+                self.assertEqual(response.code, 502)
+                bodies.append(await response.content())
+            logs += running.logs.text()
+        client_facing = b"\n".join(bodies).decode()
+        for place in (str(empty), dead, dead.split("//")[1]):
+            self.assertNotIn(place, client_facing)
+            self.assertIn(place, logs)

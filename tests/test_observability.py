@@ -212,11 +212,21 @@ class GracefulStopTests(TestCase):
         self.assertIn(b"message_stop", result["data"])
 
     async def test_grace_period_cuts(self) -> None:
-        """A stream still running when the grace period ends is cut."""
+        """
+        A stream still running when the grace period ends is cut: with an SSE error event
+        and the end of the answer (not a TCP reset), and its upstream connection closed.
+        """
         running, hold, (finished, result, port) = await self._streaming(shutdown_grace="0.5")
         started = time.monotonic()
         await running.service.stopService()
         self.assertLess(time.monotonic() - started, 5)
         await finished
-        self.assertNotIn(b"message_stop", result["data"])
-        self.assertIn(b"message_start", result["data"])
+        data = result["data"]
+        self.assertNotIn(b"message_stop", data)
+        self.assertIn(b"message_start", data)
+        self.assertNotIn("reset", result)
+        self.assertTrue(data.endswith(b"0\r\n\r\n"), data[-120:])
+        event = json.loads(data.rsplit(b"event: error\ndata: ", 1)[1].split(b"\n\n")[0])
+        self.assertEqual(event["error"]["type"], "api_error")
+        self.assertIn("--shutdown-grace", event["error"]["message"])
+        self.assertEqual(len(running.upstream.disconnected), 1)

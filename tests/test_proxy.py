@@ -37,7 +37,7 @@ from linkrouter.service import IdentityEncodingAgent
 from linkrouter.testing import FakeAnthropic, Recorded, load_answers
 from linkrouter.tokens import Gatekeeper, TokenAuthority, TokenClaims
 
-from .harness import RESPONSES
+from .harness import RESPONSES, capture_logs
 
 OAUTH = Credential("oauth", "sk-ant-oat01-unit-secret", "test")
 API_KEY = Credential("api_key", "sk-ant-api03-unit-secret", "test")
@@ -156,7 +156,8 @@ class _Usage:
     records: list[tuple[str, int, int]] = field(factory=list)
 
     def record(self, claims: TokenClaims, input_tokens: int = 0, output_tokens: int = 0,
-               requests: int = 1) -> None:
+               requests: int = 1, cache_read_tokens: int = 0,
+               cache_write_tokens: int = 0) -> None:
         self.records.append((claims.id, input_tokens, output_tokens))
 
 
@@ -302,8 +303,11 @@ class ProxyTests(SynchronousTestCase):
         homes = claude_homes([home], clock, maybeDeferred)
         pool = AccountPool(build_accounts(None, None, homes, clock, None, maybeDeferred), clock)
         w = world(self, credentials=pool)
+        logs = capture_logs(self)
         message = error_of(self, w, w.request("GET", "/v1/models"), 502, "api_error")
-        self.assertIn(str(home / ".credentials.json"), message)
+        self.assertNotIn(str(home), message)
+        self.assertIn(str(home / ".credentials.json"), logs.text())
+        self.assertIn("<path in the router's log>", message)
         self.assertIn("/login", message)
         self.assertIn("CLAUDE_CODE_OAUTH_TOKEN", message)
         self.assertEqual(w.upstream.received, [])
