@@ -10,7 +10,6 @@ the token.
 
 from __future__ import annotations
 
-import hmac
 import json
 import uuid
 from collections.abc import Callable
@@ -18,16 +17,18 @@ from typing import Any
 
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
+from linkrouter.adminguard import AdminGuard
 from linkrouter.errors import APIError, ErrorStyle, anthropic_style, render_json
+from linkrouter.labels import MAX_LABEL_LENGTH, label_problem  # noqa: F401 - re-exported
 from linkrouter.store import RevocationCache, TokenRecord, TokenStore
 from linkrouter.tokens import TokenAuthority, isoformat
 
 DEFAULT_TTL_HOURS = 24
 MAX_TTL_HOURS = 10 * 366 * 24  # ten years; anything longer is a mistake
-MAX_LABEL_LENGTH = 200
 MAX_ADMIN_BODY = 64 * 1024
 
 
@@ -80,10 +81,9 @@ class IssueRequest:
             label = ""
         if not isinstance(label, str):
             raise _bad("label must be a string.")
-        if len(label) > MAX_LABEL_LENGTH:
-            raise _bad(f"label must be at most {MAX_LABEL_LENGTH} characters.")
-        if any(ord(c) < 32 for c in label):
-            raise _bad("label must not contain control characters.")
+        problem = label_problem(label)
+        if problem is not None:
+            raise _bad(problem)
         return cls(ttl_hours=ttl, label=label)
 
 
@@ -145,33 +145,33 @@ def _token_id(text: str) -> str:
         raise APIError(404, "No such token: token ids are UUIDs.", "not_found_error") from None
 
 
+def _keeping_retry_after(request: IRequest) -> ErrorStyle:
+    """Anthropic's error shape, with the C{retry-after} the guard set on C{request}."""
+
+    def style(error: APIError, headers: Headers) -> bytes:
+        retry = request.responseHeaders.getRawHeaders(b"retry-after")
+        if retry:
+            headers.setRawHeaders(b"retry-after", retry)
+        return anthropic_style(error, headers)
+
+    return style
+
+
 class _AdminResource(Resource):
     """An admin endpoint: checks the admin key, answers JSON (or an Anthropic error)."""
 
     isLeaf = True
 
-    def __init__(self, admin_key: str, key_hint: str) -> None:
+    def __init__(self, guard: AdminGuard) -> None:
         super().__init__()
-        self._key = admin_key.encode("utf-8")
-        self._hint = key_hint
-
-    def _authorized(self, request: IRequest) -> None:
-        header = request.getHeader(b"authorization") or b""
-        scheme, _, presented = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(presented.strip(), self._key):
-            raise APIError(
-                401,
-                "The admin API needs 'Authorization: Bearer <admin key>'. The admin key is "
-                f"{self._hint}.",
-                "authentication_error",
-            )
+        self._guard = guard
 
     def refuse_early(self, request: IRequest) -> tuple[APIError, ErrorStyle] | None:
         """A missing or wrong admin key is refused before the body is read."""
         try:
-            self._authorized(request)
+            self._guard.check(request)
         except APIError as error:
-            return error, anthropic_style
+            return error, _keeping_retry_after(request)
         return None
 
     def render(self, request: IRequest) -> int | bytes:
@@ -179,7 +179,7 @@ class _AdminResource(Resource):
                            APIError(500, "The token store failed; nothing was changed."))
 
     async def _authorized_dispatch(self, request: IRequest) -> dict[str, Any]:
-        self._authorized(request)
+        self._guard.check(request)
         return await self._dispatch(request, [s for s in request.postpath if s])
 
     async def _dispatch(self, request: IRequest, segments: list[bytes]) -> dict[str, Any]:
@@ -189,8 +189,8 @@ class _AdminResource(Resource):
 class TokensResource(_AdminResource):
     """C{/api/tokens} and C{/api/tokens/{id}}."""
 
-    def __init__(self, admin: TokenAdmin, admin_key: str, key_hint: str) -> None:
-        super().__init__(admin_key, key_hint)
+    def __init__(self, admin: TokenAdmin, guard: AdminGuard) -> None:
+        super().__init__(guard)
         self._admin = admin
 
     async def _dispatch(self, request: IRequest, segments: list[bytes]) -> dict[str, Any]:
@@ -217,9 +217,8 @@ class TokensResource(_AdminResource):
 class AccountsResource(_AdminResource):
     """C{GET /api/accounts}: each upstream account's health (never a token)."""
 
-    def __init__(self, describe: Callable[[], dict[str, Any]], admin_key: str,
-                 key_hint: str) -> None:
-        super().__init__(admin_key, key_hint)
+    def __init__(self, describe: Callable[[], dict[str, Any]], guard: AdminGuard) -> None:
+        super().__init__(guard)
         self._describe = describe
 
     async def _dispatch(self, request: IRequest, segments: list[bytes]) -> dict[str, Any]:
@@ -231,11 +230,11 @@ class AccountsResource(_AdminResource):
 
 
 def admin_resources(admin: TokenAdmin, describe_accounts: Callable[[], dict[str, Any]],
-                    admin_key: str, key_hint: str) -> dict[bytes, Resource]:
+                    guard: AdminGuard) -> dict[bytes, Resource]:
     """The admin endpoints, by their name under C{/api}."""
     return {
-        b"tokens": TokensResource(admin, admin_key, key_hint),
-        b"accounts": AccountsResource(describe_accounts, admin_key, key_hint),
+        b"tokens": TokensResource(admin, guard),
+        b"accounts": AccountsResource(describe_accounts, guard),
     }
 
 
@@ -257,10 +256,10 @@ class MetricsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, metrics: Any, admin_key: str | None = None, key_hint: str = "") -> None:
+    def __init__(self, metrics: Any, guard: AdminGuard | None = None) -> None:
         super().__init__()
         self._metrics = metrics
-        self._guard = _AdminResource(admin_key, key_hint) if admin_key is not None else None
+        self._guard = guard
 
     def refuse_early(self, request: IRequest) -> tuple[APIError, ErrorStyle] | None:
         """Behind the admin key, a missing or wrong key is refused before any body."""
@@ -269,7 +268,7 @@ class MetricsResource(Resource):
     def render(self, request: IRequest) -> bytes:
         try:
             if self._guard is not None:
-                self._guard._authorized(request)
+                self._guard.check(request)
             if request.method not in (b"GET", b"HEAD"):
                 raise _not_allowed(request, b"GET")
         except APIError as error:

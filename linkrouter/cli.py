@@ -29,6 +29,7 @@ from linkrouter.admin import IssueRequest, TokenAdmin
 from linkrouter.config import Config, ConfigError, load_secrets
 from linkrouter.credentials import claude_homes
 from linkrouter.errors import APIError
+from linkrouter.labels import escaped
 from linkrouter.store import (
     BlockingRunner,
     Database,
@@ -146,7 +147,10 @@ def _admin(config: Config) -> tuple[TokenAdmin, Any]:
 def _table(records: list[dict[str, Any]], out: TextIO) -> None:
     columns = ["id", "label", "created_at", "expires_at", "revoked_at", "last_used_at",
                "request_count"]
-    rows = [[str(r.get(c) if r.get(c) is not None else "-") for c in columns] for r in records]
+    # Every cell escaped: a label stored by an older version (or any other writer) must not
+    # reach the terminal raw.
+    rows = [[escaped(str(r.get(c)), None) if r.get(c) is not None else "-" for c in columns]
+            for r in records]
     widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
     for row in [columns] + rows:
         out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")

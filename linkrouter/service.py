@@ -37,6 +37,7 @@ from zope.interface import implementer
 from linkrouter.access import AccessLog
 from linkrouter.accounts import AccountPool, AccountWatch, build_accounts
 from linkrouter.admin import MetricsResource, TokenAdmin, admin_resources
+from linkrouter.adminguard import AdminGuard
 from linkrouter.config import Config, ConfigError, Secrets, load_secrets
 from linkrouter.credentials import claude_homes
 from linkrouter.dialects import Aliases, Route, aws_style, bedrock_route, vertex_route
@@ -141,8 +142,9 @@ class Router:
             if not self.secrets.admin_key_source.startswith("--")
             else "set by --admin-key"
         )
-        admin = admin_resources(self.admin, self.pool.to_json, self.secrets.admin_key, hint)
-        guarded_metrics = MetricsResource(self.metrics, self.secrets.admin_key, hint)
+        guard = AdminGuard(self.secrets.admin_key, self.admin.clock, hint)
+        admin = admin_resources(self.admin, self.pool.to_json, guard)
+        guarded_metrics = MetricsResource(self.metrics, guard)
         separate = bool(config.admin_listen)
         surface = Surface.opening(config.allow_upstream)
         tree = build_tree(

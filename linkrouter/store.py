@@ -25,7 +25,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from linkrouter.tokens import TokenClaims, isoformat
+from linkrouter.labels import escaped
+from linkrouter.tokens import MAX_TIMESTAMP, TokenClaims, isoformat
 
 SCHEMA_VERSION = 2
 
@@ -89,8 +90,9 @@ class TokenRecord:
         return {
             "id": self.id,
             "label": self.label,
-            "created_at": isoformat(self.created_at),
-            "expires_at": isoformat(self.expires_at),
+            # 0: unknown (a token minted elsewhere, revoked before its first use here)
+            "created_at": isoformat(self.created_at or None),
+            "expires_at": isoformat(self.expires_at or None),
             "revoked_at": isoformat(self.revoked_at),
             "last_used_at": isoformat(self.last_used_at),
             "revoked": self.revoked_at is not None,
@@ -241,8 +243,39 @@ def _reason(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+#: The most one usage flush adds to a counter (keeps sums far from BIGINT's limit).
+MAX_COUNT = 2**53
+
+
+def _clamped(value: object, high: int, default: int = 0) -> int:
+    """C{value} as an int within 0..C{high}, whatever got into (or out of) the store."""
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (OverflowError, ValueError, TypeError):
+        return high if value == float("inf") else default
+    return min(max(number, 0), high)
+
+
+def _moment(value: object) -> int:
+    return _clamped(value, MAX_TIMESTAMP)
+
+
+def _maybe_moment(value: object) -> int | None:
+    return None if value is None else _moment(value)
+
+
+def _label(value: object) -> str:
+    return escaped(value) if isinstance(value, str) else ""
+
+
 def _record(row: Any) -> TokenRecord:
-    return TokenRecord(*row)
+    """A row as a record; a value no current writer would store is clamped, not fatal."""
+    token_id, label, created, expires, revoked, used, *counts = row
+    return TokenRecord(
+        str(token_id), _label(label), _moment(created), _moment(expires),
+        _maybe_moment(revoked), _maybe_moment(used),
+        *(_clamped(count, 2**63 - 1) for count in counts),
+    )
 
 
 @frozen
@@ -284,16 +317,16 @@ class Queries:
             self._sql(f"INSERT INTO tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
             (
                 record.id,
-                record.label,
-                record.created_at,
-                record.expires_at,
-                record.revoked_at,
-                record.last_used_at,
-                record.request_count,
-                record.input_tokens,
-                record.output_tokens,
-                record.cache_read_tokens,
-                record.cache_write_tokens,
+                _label(record.label),
+                _moment(record.created_at),
+                _moment(record.expires_at),
+                _maybe_moment(record.revoked_at),
+                _maybe_moment(record.last_used_at),
+                _clamped(record.request_count, MAX_COUNT),
+                _clamped(record.input_tokens, MAX_COUNT),
+                _clamped(record.output_tokens, MAX_COUNT),
+                _clamped(record.cache_read_tokens, MAX_COUNT),
+                _clamped(record.cache_write_tokens, MAX_COUNT),
             ),
         )
         return record
@@ -308,7 +341,16 @@ class Queries:
         return [_record(row) for row in cursor.fetchall()]
 
     def revoke(self, cursor: _Cursor, token_id: str, at: int) -> TokenRecord | None:
-        """Mark a token revoked (keeping the first revocation time); C{None} if unknown."""
+        """
+        Mark a token revoked (keeping the first revocation time). An id never seen (a
+        token minted elsewhere, not yet used here) gets a row of its own, label empty and
+        dates unknown (0), so the revocation holds from before its first use.
+        """
+        cursor.execute(
+            self._sql("INSERT INTO tokens (id, label, created_at, expires_at, revoked_at) "
+                      "VALUES (?, '', 0, 0, ?) ON CONFLICT (id) DO NOTHING"),
+            (token_id, _moment(at)),
+        )
         cursor.execute(
             self._sql("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?"),
             (at, token_id),
@@ -326,6 +368,12 @@ class Queries:
             "request_count, input_tokens, output_tokens, cache_read_tokens, "
             "cache_write_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET "
+            # a row made by revoking an unknown id learns the token's own details
+            "label = CASE WHEN tokens.created_at = 0 THEN excluded.label ELSE tokens.label END, "
+            "expires_at = CASE WHEN tokens.created_at = 0 THEN excluded.expires_at "
+            "ELSE tokens.expires_at END, "
+            "created_at = CASE WHEN tokens.created_at = 0 THEN excluded.created_at "
+            "ELSE tokens.created_at END, "
             "last_used_at = excluded.last_used_at, "
             "request_count = tokens.request_count + excluded.request_count, "
             "input_tokens = tokens.input_tokens + excluded.input_tokens, "
@@ -336,9 +384,11 @@ class Queries:
         for d in deltas:
             cursor.execute(
                 statement,
-                (d.id, d.label, d.created_at, d.expires_at, d.last_used_at,
-                 d.requests, d.input_tokens, d.output_tokens, d.cache_read_tokens,
-                 d.cache_write_tokens),
+                (d.id, _label(d.label), _moment(d.created_at), _moment(d.expires_at),
+                 _moment(d.last_used_at), _clamped(d.requests, MAX_COUNT),
+                 _clamped(d.input_tokens, MAX_COUNT), _clamped(d.output_tokens, MAX_COUNT),
+                 _clamped(d.cache_read_tokens, MAX_COUNT),
+                 _clamped(d.cache_write_tokens, MAX_COUNT)),
             )
 
 

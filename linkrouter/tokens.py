@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from linkrouter.errors import APIError
+from linkrouter.labels import escaped
 
 TOKEN_PREFIX = "la_sk_"  # noqa: S105 - a prefix, not a secret
 ALGORITHM = "HS256"
@@ -29,13 +30,31 @@ _SAFE_ALG = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 #: Verified tokens remembered (so the signature is checked once per token, not per
 #: request); the oldest is forgotten first.
 VERIFIED_CACHE_SIZE = 4096
+#: The last second a token's C{iat} or C{exp} may name: 9999-12-31T23:59:59Z (a later one
+#: cannot be written as a date, and nothing real expires that late).
+MAX_TIMESTAMP = 253402300799
+#: How far in the future a token may say it was issued (clock skew between minters).
+MAX_ISSUED_AHEAD = 24 * 3600
 
 
 def isoformat(seconds: float | None) -> str | None:
-    """Unix seconds as an RFC 3339 UTC timestamp (C{None} stays C{None})."""
+    """
+    Unix seconds as an RFC 3339 UTC timestamp (C{None} stays C{None}); a value outside
+    1970..9999 is shown as the nearest end of that range rather than failing.
+    """
     if seconds is None:
         return None
-    return datetime.fromtimestamp(int(seconds), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        whole = min(max(int(seconds), 0), MAX_TIMESTAMP)
+    except (OverflowError, ValueError, TypeError):
+        whole = MAX_TIMESTAMP if seconds == float("inf") else 0
+    return datetime.fromtimestamp(whole, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sane_timestamp(value: object) -> bool:
+    """Whether C{value} is a whole number of Unix seconds between 1970 and 9999."""
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and 0 <= value <= MAX_TIMESTAMP)
 
 
 @frozen
@@ -173,11 +192,18 @@ class TokenAuthority:
             token_id = str(uuid.UUID(str(sub)))
         except ValueError:
             raise _refused("Malformed router token: its 'sub' claim is not a token id.") from None
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (iat, exp)):
-            raise _refused("Malformed router token: 'iat' and 'exp' must be integers.")
+        if not (sane_timestamp(iat) and sane_timestamp(exp)):
+            raise _refused(
+                "Malformed router token: 'iat' and 'exp' must be whole Unix seconds no later "
+                "than 9999-12-31T23:59:59Z."
+            )
         assert isinstance(iat, int) and isinstance(exp, int)
-        if not isinstance(label, str):
-            label = ""
+        if iat > exp or iat > self.clock.seconds() + MAX_ISSUED_AHEAD:
+            raise _refused(
+                "Malformed router token: its 'iat' is after its 'exp' or in the future."
+            )
+        # A label from a token minted elsewhere cannot be refused: keep it, escaped.
+        label = escaped(label) if isinstance(label, str) else ""
         self._check_expiry(exp)
         return TokenClaims(id=token_id, label=label, issued_at=iat, expires_at=exp)
 

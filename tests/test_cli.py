@@ -217,14 +217,56 @@ class CLITestsMixin:
 
     def test_unknown_id(self) -> None:
         """
-        C{show} and C{revoke} of an id the store does not know exit non-zero, say so on
-        stderr naming the id, and create nothing.
+        C{show} of an id the store does not know exits non-zero, says so on stderr naming
+        the id, and creates nothing; C{revoke} of it (a token minted elsewhere, not used
+        yet) records the revocation and prints the record.
         """
         self.issue("existing")
         unknown = str(uuid.uuid4())
-        for command in ("show", "revoke"):
-            self.assertFailed(self.cli("tokens", command, unknown), "No token", unknown)
+        self.assertFailed(self.cli("tokens", "show", unknown), "No token", unknown)
         self.assertEqual(len(self.stored()), 1)
+        revoked = self.cli("tokens", "revoke", unknown)
+        self.assertEqual(revoked.status, 0, revoked.err)
+        self.assertEqual((revoked.json()["id"], revoked.json()["revoked"]), (unknown, True))
+        self.assertIsNotNone(self.stored()[unknown][1])
+
+    def raw_insert(self, token_id: str, label: str, created_at: int, expires_at: int) -> None:
+        """Write a row behind the CLI's back (as an older version or a hand could)."""
+        raise NotImplementedError
+
+    def test_list_odd_rows(self) -> None:
+        """
+        C{tokens list} (table and JSON) shows rows with dates past year 9999 and labels
+        with terminal escapes, bidi overrides or newlines without crashing, every such
+        character escaped: no raw control byte reaches the terminal and no row is forged.
+        """
+        self.issue("fine")
+        evil = "\x1b]0;pwned\x07\x1b[2J\n" + "f" * 36 + "  forged\u202e\x9b\u200b"
+        odd = str(uuid.uuid4())
+        self.raw_insert(odd, evil, 253402300800, 2**63 - 1)
+        table = self.cli("tokens", "list")
+        self.assertEqual(table.status, 0, table.err)
+        lines = table.out.splitlines()
+        self.assertEqual(len(lines), 3, table.out)
+        self.assertFalse([c for c in table.out if c != "\n" and not c.isprintable()],
+                         table.out)
+        (row,) = [line for line in lines if line.startswith(odd)]
+        self.assertIn("\\x1b]0;pwned\\x07\\x1b[2J\\x0a", row)
+        self.assertIn("\\u202e\\x9b\\u200b", row)
+        self.assertIn("9999-12-31T23:59:59Z", row)
+        listed = self.cli("tokens", "list", "--json")
+        self.assertEqual(listed.status, 0, listed.err)
+        self.assertFalse([c for c in listed.out if c != "\n" and not c.isprintable()])
+        records = {r["id"]: r for r in listed.json()["tokens"]}
+        self.assertEqual(records[odd]["expires_at"], "9999-12-31T23:59:59Z")
+        self.assertTrue(records[odd]["label"].startswith("\\x1b]0;pwned"))
+
+    def test_issue_unprintable_label(self) -> None:
+        """C{tokens issue} refuses a label with a bidi override or escape, naming it."""
+        for label, code in (("evil\u202etxt", "U+202E"), ("red\x1b[31m", "U+001B"),
+                            ("zw\u200b", "U+200B"), ("c1\x9b", "U+009B")):
+            self.assertFailed(self.cli("tokens", "issue", "--label", label), "label", code)
+        self.assertEqual(self.stored(), {})
 
     def test_garbage_id(self) -> None:
         """Ids that are not UUIDs are refused with a message saying ids are UUIDs."""
@@ -319,6 +361,12 @@ class SQLiteCLITests(CLITestsMixin, SynchronousTestCase):
             return {row[0]: (row[1], row[2])
                     for row in conn.execute("SELECT id, label, revoked_at FROM tokens")}
 
+    def raw_insert(self, token_id: str, label: str, created_at: int, expires_at: int) -> None:
+        with closing(sqlite3.connect(str(self.sqlite_file), timeout=15.0)) as conn:
+            conn.execute("INSERT INTO tokens (id, label, created_at, expires_at) "
+                         "VALUES (?, ?, ?, ?)", (token_id, label, created_at, expires_at))
+            conn.commit()
+
     def test_default_store_location(self) -> None:
         """
         With no database option the store is C{linkrouter.sqlite3} in the data directory,
@@ -345,6 +393,11 @@ class PostgreSQLCLITests(CLITestsMixin, SynchronousTestCase):
             return {}
         rows = conn.execute("SELECT id, label, revoked_at FROM tokens").fetchall()
         return {row[0]: (row[1], row[2]) for row in rows}
+
+    def raw_insert(self, token_id: str, label: str, created_at: int, expires_at: int) -> None:
+        pg.connect(self, self.database_url).execute(
+            "INSERT INTO tokens (id, label, created_at, expires_at) VALUES (%s, %s, %s, %s)",
+            (token_id, label, created_at, expires_at))
 
     def test_store_is_postgresql(self) -> None:
         """With C{DATABASE_URL} set, tokens go to PostgreSQL and no SQLite file appears."""

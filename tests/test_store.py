@@ -11,6 +11,7 @@ with a mock.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -26,6 +27,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from linkrouter.store import (
+    MAX_COUNT,
     SCHEMA_VERSION,
     BlockingRunner,
     Database,
@@ -37,7 +39,7 @@ from linkrouter.store import (
     UsageRecorder,
     prepare,
 )
-from linkrouter.tokens import TokenClaims
+from linkrouter.tokens import MAX_TIMESTAMP, TokenClaims
 
 from . import pg
 
@@ -75,6 +77,7 @@ class _Backend:
 
 class SQLiteBackend(_Backend):
     mktemp: Any
+    chr_function = "CHAR"
 
     def new_database(self) -> Database:
         path = Path(self.mktemp()).resolve() / "store" / "linkrouter.sqlite3"
@@ -97,6 +100,8 @@ class SQLiteBackend(_Backend):
 
 
 class PostgreSQLBackend(_Backend):
+    chr_function = "CHR"
+
     def new_database(self) -> Database:
         return Database(pg.fresh_database(self))  # type: ignore[arg-type]
 
@@ -256,10 +261,75 @@ class StoreTestsMixin(_Backend):
         self.assertIsNone(self.successResultOf(store.get(other.id)).revoked_at)
 
     def test_revoke_unknown(self) -> None:
-        """C{revoke} of an unknown id returns C{None} and creates no row."""
+        """
+        C{revoke} of an id never seen (a token minted elsewhere, not used here yet)
+        records the revocation in a row of its own (label empty, dates unknown); revoking
+        again keeps the first time; the token's first usage fills in its details and keeps
+        it revoked.
+        """
         store = self.store()
-        self.assertIsNone(self.successResultOf(store.revoke(new_id(), NOW)))
-        self.assertEqual(self.successResultOf(store.list()), [])
+        token_id = new_id()
+        record = self.successResultOf(store.revoke(token_id, NOW))
+        self.assertEqual(record, TokenRecord(id=token_id, label="", created_at=0,
+                                             expires_at=0, revoked_at=NOW))
+        self.assertEqual((record.to_json()["created_at"], record.to_json()["expires_at"],
+                          record.to_json()["revoked"]), (None, None, True))
+        self.assertEqual(self.successResultOf(store.revoke(token_id, NOW + 5)).revoked_at, NOW)
+        self.assertEqual(self.successResultOf(store.revoked_ids()), frozenset({token_id}))
+        self.successResultOf(store.add_usage([UsageDelta(
+            id=token_id, label="elsewhere", created_at=NOW - 9, expires_at=NOW + DAY,
+            last_used_at=NOW + 1, requests=1)]))
+        self.assertEqual(self.successResultOf(store.get(token_id)), TokenRecord(
+            id=token_id, label="elsewhere", created_at=NOW - 9, expires_at=NOW + DAY,
+            revoked_at=NOW, last_used_at=NOW + 1, request_count=1))
+
+    def test_absurd_usage_does_not_block_others(self) -> None:
+        """
+        A usage delta with values no store column can hold (C{2**63}, year 10000, a lone
+        surrogate or raw escapes in the label, huge counts) is written clamped and
+        escaped, in the same batch as others, which are written exactly; listing works.
+        """
+        store = self.store()
+        good = UsageDelta(id=new_id(), label="good", created_at=NOW, expires_at=NOW + DAY,
+                          last_used_at=NOW + 1, requests=1, input_tokens=2, output_tokens=3)
+        bad = UsageDelta(id=new_id(), label="bad\ud800\x1b[2J", created_at=-(2**70),
+                         expires_at=2**63, last_used_at=253402300800, requests=2**64,
+                         input_tokens=-7, output_tokens=10**30)
+        self.successResultOf(store.add_usage([bad, good]))
+        self.successResultOf(store.add_usage([bad, good]))
+        self.assertEqual(self.successResultOf(store.get(good.id)), TokenRecord(
+            id=good.id, label="good", created_at=NOW, expires_at=NOW + DAY, last_used_at=NOW + 1,
+            request_count=2, input_tokens=4, output_tokens=6))
+        odd = self.successResultOf(store.get(bad.id))
+        self.assertEqual((odd.label, odd.created_at, odd.expires_at, odd.last_used_at,
+                          odd.input_tokens), ("bad\\ud800\\x1b[2J", 0, MAX_TIMESTAMP,
+                                              MAX_TIMESTAMP, 0))
+        self.assertEqual(odd.request_count, 2 * MAX_COUNT)
+        listed = [r.to_json() for r in self.successResultOf(store.list())]
+        self.assertEqual(len(listed), 2)
+        json.dumps(listed)
+
+    def test_odd_rows_read(self) -> None:
+        """
+        Rows holding values this version never writes (dates past 9999 or negative, raw
+        control characters in the label) are read and shown clamped and escaped, and do not
+        stop other rows from being listed.
+        """
+        store = self.store()
+        fine = make_record("fine")
+        self.successResultOf(store.insert(fine))
+        odd = new_id()
+        self.query(self.database, "INSERT INTO tokens (id, label, created_at, expires_at, "
+                   f"revoked_at) VALUES ('{odd}', 'odd' || CHR(27) || '[31m', -5, "
+                   f"253402300800, {2**63 - 1})".replace("CHR(", self.chr_function + "("))
+        records = {r.id: r for r in self.successResultOf(store.list())}
+        self.assertEqual(records[fine.id], fine)
+        self.assertEqual((records[odd].label, records[odd].created_at, records[odd].expires_at,
+                          records[odd].revoked_at), ("odd\\x1b[31m", 0, MAX_TIMESTAMP,
+                                                     MAX_TIMESTAMP))
+        shown = records[odd].to_json()
+        self.assertEqual((shown["expires_at"], shown["revoked_at"]),
+                         ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59Z"))
 
     def test_revoked_ids(self) -> None:
         """C{revoked_ids} is exactly the set of revoked token ids."""
@@ -516,8 +586,9 @@ class PoolTestsMixin(_Backend):
         self.assertEqual(await self.store.list(), [record])
         revoked = await self.store.revoke(record.id, NOW + 7)
         self.assertEqual(revoked.revoked_at, NOW + 7)
-        self.assertIsNone(await self.store.revoke(new_id(), NOW))
-        self.assertEqual(await self.store.revoked_ids(), frozenset({record.id}))
+        unknown = new_id()
+        self.assertEqual((await self.store.revoke(unknown, NOW)).revoked_at, NOW)
+        self.assertEqual(await self.store.revoked_ids(), frozenset({record.id, unknown}))
         await self.store.add_usage([UsageDelta(id=record.id, label="", created_at=0,
                                                expires_at=0, last_used_at=NOW + 9, requests=1,
                                                input_tokens=2, output_tokens=3)])
@@ -564,6 +635,27 @@ class PoolTestsMixin(_Backend):
         await self.other_store().revoke(later.id, NOW)
         await cache.refresh()
         self.assertEqual(cache.revoked, frozenset({record.id, later.id}))
+
+    async def test_absurd_claims_flush(self) -> None:
+        """
+        Usage of a token whose claims hold C{exp = 2**63} (minted elsewhere before
+        verification refused such values) is flushed with the rest: the flush succeeds,
+        nothing stays pending, and the other token's usage is written.
+        """
+        clock = Clock()
+        clock.advance(NOW + 100)
+        recorder = UsageRecorder(self.store, clock)
+        normal = TokenClaims(new_id(), "normal", NOW, NOW + DAY)
+        absurd = TokenClaims(new_id(), "absurd\ud800", NOW, 2**63)
+        recorder.record(absurd, input_tokens=1)
+        recorder.record(normal, input_tokens=5, output_tokens=6)
+        await recorder.flush()
+        self.assertEqual(recorder.pending, {})
+        self.assertEqual(self.flushLoggedErrors(), [])
+        got = await self.store.get(normal.id)
+        self.assertEqual((got.request_count, got.input_tokens, got.output_tokens), (1, 5, 6))
+        self.assertEqual((await self.store.get(absurd.id)).expires_at, MAX_TIMESTAMP)
+        self.assertEqual(len(await self.store.list()), 2)
 
     async def test_usage_batched(self) -> None:
         """

@@ -29,6 +29,7 @@ from linkrouter.tokens import (
     TokenAuthority,
     TokenClaims,
     TokenError,
+    isoformat,
     presented_token,
 )
 
@@ -48,8 +49,15 @@ def unb64url(text: str) -> bytes:
 
 
 def compact(value: Any) -> bytes:
-    """JSON the way serde_json writes it: no spaces, keys in the order given."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """
+    JSON the way serde_json writes it: no spaces, keys in the order given (and a lone
+    surrogate, which has no UTF-8 form, as a C{\\uXXXX} escape).
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
 
 
 def hand_built(
@@ -495,3 +503,88 @@ class VerifiedCacheTests(SynchronousTestCase):
         for _ in range(2):
             with self.assertRaises(TokenError):
                 authority.verify(token)
+
+
+class ClaimRangeTests(SynchronousTestCase):
+    """
+    C{iat} and C{exp} in a token minted elsewhere (same secret) must be sane: whole Unix
+    seconds from 1970 to 9999-12-31T23:59:59Z, not booleans, and C{iat} neither after
+    C{exp} nor far in the future. Anything else is 401 malformed, so no such value ever
+    reaches the store (where C{2**63} broke every usage flush and year 10000 broke listing).
+    """
+
+    def setUp(self) -> None:
+        self.authority, self.clock = authority()
+
+    def assertMalformed(self, **claims: Any) -> None:  # noqa: N802
+        token = hand_built(seed_claims(**claims))
+        error = self.assertRaises(TokenError, self.authority.verify, token)
+        self.assertEqual((error.status, error.error_type, error.reason),
+                         (401, "authentication_error", "malformed"))
+        self.assertIn("malformed", error.message.lower())
+
+    def test_exp_out_of_range(self) -> None:
+        """C{exp} past year 9999, at 2**63 or beyond, or negative: malformed."""
+        for exp in (2**63, 2**63 - 1, 2**64, 253402300800, 10**30, -1):
+            self.assertMalformed(exp=exp)
+
+    def test_iat_out_of_range(self) -> None:
+        """C{iat} negative, huge, after C{exp}, or a day ahead of now: malformed."""
+        for iat in (-1, 2**63, 253402300800):
+            self.assertMalformed(iat=iat)
+        self.assertMalformed(iat=NOW + 3600, exp=NOW + 60)
+        self.assertMalformed(iat=NOW + 2 * 24 * 3600, exp=NOW + 3 * 24 * 3600)
+
+    def test_not_integers(self) -> None:
+        """Booleans, floats, strings and null for C{iat} or C{exp}: malformed."""
+        for value in (True, False, 1.9e9, "1900000000", None):
+            self.assertMalformed(exp=value)
+            self.assertMalformed(iat=value)
+
+    def test_latest_allowed(self) -> None:
+        """C{exp} exactly 9999-12-31T23:59:59Z is accepted (it is a date)."""
+        claims = self.authority.verify(hand_built(seed_claims(exp=253402300799)))
+        self.assertEqual(claims.expires_at, 253402300799)
+        self.assertEqual(isoformat(claims.expires_at), "9999-12-31T23:59:59Z")
+
+    def test_isoformat_never_fails(self) -> None:
+        """Formatting a stored value out of range gives the nearest end of the range."""
+        self.assertEqual(isoformat(253402300800), "9999-12-31T23:59:59Z")
+        self.assertEqual(isoformat(2**63), "9999-12-31T23:59:59Z")
+        self.assertEqual(isoformat(float("inf")), "9999-12-31T23:59:59Z")
+        self.assertEqual(isoformat(-5), "1970-01-01T00:00:00Z")
+        self.assertEqual(isoformat(float("nan")), "1970-01-01T00:00:00Z")
+
+
+class ForeignLabelTests(SynchronousTestCase):
+    """
+    A label inside a token minted elsewhere cannot be refused, so it is kept with every
+    unprintable character written as a visible escape: no raw ESC, newline, C1 control,
+    bidi override, zero-width character or lone surrogate reaches a terminal or the store.
+    """
+
+    def test_escaped(self) -> None:
+        """Each unprintable character becomes its escape; printable text is kept as is."""
+        auth, _ = authority()
+        cases = {
+            "\x1b[31mred\x1b[0m": "\\x1b[31mred\\x1b[0m",
+            "row\nforged  row": "row\\x0aforged  row",
+            "csi\x9b2J": "csi\\x9b2J",
+            "del\x7f": "del\\x7f",
+            "evil\u202egnp.exe": "evil\\u202egnp.exe",
+            "iso\u2066late\u2069": "iso\\u2066late\\u2069",
+            "zero\u200bwidth\ufeff": "zero\\u200bwidth\\ufeff",
+            "lone\ud800": "lone\\ud800",
+            "caf\u00e9 \u043a\u043b\u044e\u0447 \U0001f600":
+                "caf\u00e9 \u043a\u043b\u044e\u0447 \U0001f600",
+        }
+        for raw, shown in cases.items():
+            token = hand_built(seed_claims(label=raw))
+            self.assertEqual(auth.verify(token).label, shown, raw.encode("unicode_escape"))
+
+    def test_long_label_cut(self) -> None:
+        """A label longer than the admin API allows is cut to that length."""
+        auth, _ = authority()
+        claims = auth.verify(hand_built(seed_claims(label="\x1b" * 1000)))
+        self.assertEqual(len(claims.label), 200)
+        self.assertTrue(set(claims.label) <= set("\\x1b"))
