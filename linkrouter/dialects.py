@@ -367,6 +367,21 @@ class Vertex:
 
 
 
+def _identity_body(request: IRequest) -> None:
+    """
+    Refuse an encoded (e.g. gzip) body: a translated body is parsed as JSON and sent
+    re-serialised, so the client's C{Content-Encoding} must neither reach the parser's
+    input unnoticed nor go upstream with a body it no longer describes.
+    """
+    codings = [c.strip().lower() for v in request.requestHeaders.getRawHeaders(
+        b"content-encoding", []) for c in v.split(b",") if c.strip()]
+    if any(c != b"identity" for c in codings):
+        shown = b", ".join(codings).decode("ascii", "replace")[:60]
+        raise _bad(f"Content-Encoding {shown!r} is not accepted on this route: send the JSON "
+                   "body unencoded.")
+    request.requestHeaders.removeHeader(b"content-encoding")
+
+
 def _segments(request: IRequest) -> list[str]:
     return [s.decode("utf-8", "replace") for s in request.postpath]
 
@@ -387,6 +402,7 @@ def bedrock_route(aliases: Aliases = Aliases()) -> Route:
             raise APIError(404, "Bedrock paths look like /model/{modelId}/invoke.",
                            "not_found_error")
         _post_only(request)
+        _identity_body(request)
         return bedrock.outgoing(request, "/".join(segments[:-1]), segments[-1])
 
     return route
@@ -407,6 +423,7 @@ def vertex_route(aliases: Aliases = Aliases()) -> Route:
                            "{region}/publishers/anthropic/models/{model}:rawPredict.",
                            "not_found_error")
         _post_only(request)
+        _identity_body(request)
         return vertex.outgoing(request, segments[6])
 
     return route

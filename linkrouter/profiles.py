@@ -13,10 +13,13 @@ a token that is sent must be valid.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
 from attrs import define
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -24,11 +27,14 @@ from twisted.web.resource import Resource
 from linkrouter.accounts import AccountPool, AccountUnavailable
 from linkrouter.bodies import read_small
 from linkrouter.dialects import aws_style, bedrock_model
-from linkrouter.errors import APIError, render_json
+from linkrouter.errors import APIError, render_json, short_reason
 from linkrouter.proxy import Upstream, upstream_headers
 from linkrouter.tokens import Gatekeeper, presented_token
 
 CACHE_SECONDS = 600.0
+#: How long a failed model listing is answered from memory before the upstream is asked
+#: again (the route needs no token, so nobody can make the router hammer the upstream).
+FAILURE_CACHE_SECONDS = 30.0
 PROFILE_PREFIX = "us.anthropic."
 REGION = "us-east-1"
 
@@ -56,18 +62,58 @@ def profile(model: dict[str, Any]) -> dict[str, Any]:
 
 @define
 class ModelCatalogue:
-    """The upstream's model list, fetched with a pool account and kept for a while."""
+    """
+    The upstream's model list, fetched with a pool account and kept for a while.
+
+    Anyone may ask (the route needs no token) and each fetch spends the team credential, so
+    concurrent asks while nothing is cached share one fetch, and a failed fetch is
+    remembered for L{FAILURE_CACHE_SECONDS} (its error answered to everyone meanwhile).
+    """
 
     pool: AccountPool
     upstream: Upstream
     cached: list[dict[str, Any]] | None = None
     fetched_at: float | None = None
+    failure: APIError | None = None
+    failed_at: float | None = None
+    _waiting: list[Deferred[list[dict[str, Any]]]] | None = None
+    _log = Logger()
 
     async def models(self) -> list[dict[str, Any]]:
         now = self.upstream.reactor.seconds()
         if self.cached is not None and self.fetched_at is not None and (
                 now - self.fetched_at < CACHE_SECONDS):
             return self.cached
+        if self.failure is not None and self.failed_at is not None and (
+                now - self.failed_at < FAILURE_CACHE_SECONDS):
+            raise self.failure
+        if self._waiting is not None:
+            shared: Deferred[list[dict[str, Any]]] = Deferred()
+            self._waiting.append(shared)
+            return await shared
+        self._waiting = []
+        try:
+            models = await self._fetch()
+        except Exception as e:
+            error = e if isinstance(e, APIError) else self._unexpected(e)
+            self.failure, self.failed_at = error, self.upstream.reactor.seconds()
+            self._settle(lambda d: d.errback(error))
+            raise error from None
+        self.cached, self.fetched_at = models, self.upstream.reactor.seconds()
+        self.failure = self.failed_at = None
+        self._settle(lambda d: d.callback(models))
+        return models
+
+    def _settle(self, fire: Callable[[Deferred[list[dict[str, Any]]]], object]) -> None:
+        waiting, self._waiting = self._waiting or [], None
+        for d in waiting:
+            fire(d)
+
+    def _unexpected(self, e: Exception) -> APIError:
+        self._log.error("Listing the upstream's models failed: {reason}", reason=short_reason(e))
+        return APIError(502, "Cannot list models from the upstream; the router's log says why.")
+
+    async def _fetch(self) -> list[dict[str, Any]]:
         problems = []
         for account in self.pool.candidates(None):
             try:
@@ -86,9 +132,7 @@ class ModelCatalogue:
                 problems.append(f"the upstream answered {response.code}")
                 continue
             data = json.loads(body).get("data", [])
-            self.cached = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
-            self.fetched_at = now
-            return self.cached
+            return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
         raise APIError(502, "Cannot list models: " + ("; ".join(problems) or "no account"))
 
 

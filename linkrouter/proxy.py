@@ -86,9 +86,10 @@ NOT_UPSTREAM = HOP_BY_HOP | {
     b"anthropic-beta",  # merged separately
 }
 
-#: Response headers not relayed: framing (twisted.web re-frames the body) and cookies
-#: (no cookie ever goes upstream, so one set by the upstream is of no use to a client).
-NOT_DOWNSTREAM = HOP_BY_HOP | {b"content-length", b"set-cookie", b"set-cookie2"}
+#: Response headers not relayed: framing (twisted.web re-frames the body), cookies (no
+#: cookie ever goes upstream, so one set by the upstream is of no use to a client) and the
+#: upstream's software version (router answers name no server software).
+NOT_DOWNSTREAM = HOP_BY_HOP | {b"content-length", b"set-cookie", b"set-cookie2", b"server"}
 
 
 def _connection_listed(headers: Headers) -> set[bytes]:

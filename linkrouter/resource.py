@@ -283,6 +283,13 @@ class RouterRequest(server.Request):
         abort = self.channel.callLater(LINGER_SECONDS, transport.abortConnection)
         self.notifyFinish().addBoth(lambda _: abort.cancel() if abort.active() else None)
 
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:  # noqa: N802
+        # twisted.web's Request.process names itself and its version in a Server header
+        # on every answer; the router tells no one what it runs.
+        if name == b"Server" and value == server.version:
+            return
+        super().setHeader(name, value)
+
     def process(self) -> None:
         if self._answered:
             return  # already answered; the connection is closing

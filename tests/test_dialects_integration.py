@@ -7,6 +7,7 @@ modes, and every translation error path.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 from typing import Any
 
@@ -338,3 +339,57 @@ class ClaudeCodeReplayTests(TestCase):
             self.assertEqual(body["system"], req["body"]["system"])
 
         return Deferred.fromCoroutine(go())
+
+
+class EncodedBodyTests(TestCase):
+    """
+    Bedrock and Vertex bodies are parsed and re-serialised by the router, so a client's
+    C{Content-Encoding} cannot apply to what goes upstream: an encoded body is refused
+    with a clear 400 (not parsed as garbage, nothing upstream), and an C{identity} one is
+    translated with no C{Content-Encoding} sent upstream.
+    """
+
+    timeout = 30
+
+    PATHS = [
+        ("/model/" + BEDROCK_MODEL + "/invoke", "bedrock"),
+        ("/v1/projects/test/locations/us-east5/publishers/anthropic/models/"
+         + VERTEX_MODEL + ":rawPredict", "vertex"),
+    ]
+
+    async def test_gzip_refused(self) -> None:
+        """A gzip (or any non-identity) body to a translated route: 400, nothing upstream."""
+        running = await start_router(self)
+        token = (await running.issue("enc"))["token"]
+        body = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 8,
+                           "messages": HELLO}).encode()
+        for path, _ in self.PATHS:
+            for coding in (b"gzip", b"deflate", b"br", b"identity, gzip"):
+                response = await running.http.post(
+                    running.url + path, data=gzip.compress(body),
+                    headers={b"authorization": [b"Bearer " + token.encode()],
+                             b"content-type": [b"application/json"],
+                             b"content-encoding": [coding]})
+                answer = await response.content()
+                self.assertEqual(response.code, 400, (path, coding, answer))
+                self.assertIn(b"Content-Encoding", answer)
+        self.assertEqual(running.upstream.received, [])
+
+    async def test_identity_not_forwarded(self) -> None:
+        """C{Content-Encoding: identity} is accepted and not sent with the new body."""
+        running = await start_router(self)
+        token = (await running.issue("enc"))["token"]
+        body = json.dumps({"anthropic_version": "vertex-2023-10-16", "max_tokens": 8,
+                           "messages": HELLO}).encode()
+        for path, _ in self.PATHS:
+            response = await running.http.post(
+                running.url + path, data=body,
+                headers={b"authorization": [b"Bearer " + token.encode()],
+                         b"content-type": [b"application/json"],
+                         b"content-encoding": [b"identity"]})
+            await response.content()
+            self.assertEqual(response.code, 200, path)
+        self.assertEqual(len(running.upstream.received), 2)
+        for seen in running.upstream.received:
+            self.assertIsNone(seen.header(b"content-encoding"))
+            self.assertEqual(sent_body(seen)["messages"], HELLO)
