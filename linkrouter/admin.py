@@ -145,6 +145,15 @@ def _token_id(text: str) -> str:
         raise APIError(404, "No such token: token ids are UUIDs.", "not_found_error") from None
 
 
+def _refused_early(guard: AdminGuard, request: IRequest) -> tuple[APIError, ErrorStyle] | None:
+    """The guard's refusal of C{request} (made with its headers only), or C{None}."""
+    try:
+        guard.check(request)
+    except APIError as error:
+        return error, _keeping_retry_after(request)
+    return None
+
+
 def _keeping_retry_after(request: IRequest) -> ErrorStyle:
     """Anthropic's error shape, with the C{retry-after} the guard set on C{request}."""
 
@@ -168,11 +177,7 @@ class _AdminResource(Resource):
 
     def refuse_early(self, request: IRequest) -> tuple[APIError, ErrorStyle] | None:
         """A missing or wrong admin key is refused before the body is read."""
-        try:
-            self._guard.check(request)
-        except APIError as error:
-            return error, _keeping_retry_after(request)
-        return None
+        return _refused_early(self._guard, request)
 
     def render(self, request: IRequest) -> int | bytes:
         return render_json(request, self._authorized_dispatch(request),
@@ -263,7 +268,7 @@ class MetricsResource(Resource):
 
     def refuse_early(self, request: IRequest) -> tuple[APIError, ErrorStyle] | None:
         """Behind the admin key, a missing or wrong key is refused before any body."""
-        return self._guard.refuse_early(request) if self._guard is not None else None
+        return _refused_early(self._guard, request) if self._guard is not None else None
 
     def render(self, request: IRequest) -> bytes:
         try:
