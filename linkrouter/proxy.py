@@ -187,6 +187,7 @@ class _Exchange:
     timed_out: bool = False
     pending: Deferred[Any] | None = None
     relay: Relay | None = None
+    asked: bool = False
     shaper: Shaper = Shaper()
 
 
@@ -293,10 +294,17 @@ class Proxy:
                 error = APIError(502, "linkrouter failed while relaying the upstream answer.")
             self._fail(exchange, error)
 
+        d.addBoth(self._abandoned, exchange)
         d.addErrback(failed).addErrback(
             lambda f: self._log.failure("Error while reporting an error", f)
         )
         return NOT_DONE_YET
+
+    def _abandoned(self, result: object, exchange: _Exchange) -> object:
+        """A client that left before the answer began still counts the request it sent."""
+        if exchange.gone and exchange.asked and exchange.relay is None:
+            self.usage.record(exchange.claims)
+        return result
 
     async def _exchange(self, exchange: _Exchange) -> None:
         """
@@ -351,6 +359,7 @@ class Proxy:
                        credential: Credential) -> Any:
         request = exchange.request
         exchange.note.credential_source = credential.source
+        exchange.asked = True
         headers = upstream_headers(request.requestHeaders, credential, outgoing.betas)
         producer = body_producer(outgoing.body, self.upstream.cooperator)
         if self.metrics is not None and producer is not None and isinstance(

@@ -28,6 +28,7 @@ STREAM = json.dumps({"model": MODEL, "max_tokens": 64, "stream": True,
                      "messages": [{"role": "user", "content": "hi"}]}).encode()
 BEDROCK = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,
                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+N_DELTAS = 500
 BEDROCK_PATH = "/model/anthropic.claude-opus-5-5-v1:0/invoke-with-response-stream"
 
 
@@ -72,6 +73,19 @@ def stream(port: int, token: str, got: threading.Event, path: str = "/v1/message
         result["ended_at"] = time.monotonic()
     got.set()
     return result
+
+
+def dechunk(data: bytes) -> bytes:
+    """The body of a chunked HTTP/1.1 answer."""
+    at = data.index(b"\r\n\r\n") + 4
+    body = bytearray()
+    while True:
+        end = data.index(b"\r\n", at)
+        size = int(data[at:end], 16)
+        if size == 0:
+            return bytes(body)
+        body += data[end + 2:end + 2 + size]
+        at = end + 2 + size + 2
 
 
 def error_event(data: bytes) -> dict[str, Any]:
@@ -168,6 +182,43 @@ class IdleUpstreamTests(TestCase):
         self.assertNotIn(b"event: error", result["data"])
         self.assertGreater(len(gaps), 3)
 
+    async def test_slow_client_is_not_an_idle_upstream(self) -> None:
+        """
+        While a client that does not read holds the upstream back (the router pauses
+        the upstream read), the idle clock stands still: a client that reads only after
+        three idle timeouts still gets the whole answer.
+        """
+        delta = {"type": "content_block_delta", "index": 0,
+                 "delta": {"type": "text_delta", "text": "x" * 16000}}
+        events = ((_event("message_start", {"type": "message_start", "message": {
+            "id": "msg_1", "usage": {"input_tokens": 5, "output_tokens": 1}}}),)
+                  + (_event("content_block_delta", delta),) * N_DELTAS
+                  + (_event("message_stop", {"type": "message_stop"}),))
+        fake = FakeAnthropic(load_answers(RESPONSES))
+        fake.override = Recorded(200, (("content-type", "text/event-stream"),), b"", events)
+        running = await start_router(self, upstream=fake, upstream_idle_timeout="0.5")
+        token = (await running.issue())["token"]
+        port = int(running.url.rsplit(":", 1)[1])
+
+        def sleepy() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                          b"x-api-key: " + token.encode() + b"\r\ncontent-length: "
+                          + str(len(STREAM)).encode() + b"\r\n\r\n" + STREAM)
+                time.sleep(1.5)
+                data = bytearray()
+                while chunk := s.recv(1 << 20):
+                    data += chunk
+                return bytes(data)
+
+        data = await in_thread(sleepy)
+        self.assertTrue(data.endswith(b"0\r\n\r\n"), data[-100:])
+        body = dechunk(data)
+        self.assertNotIn(b"event: error", body)
+        self.assertEqual(body.count(b"event: content_block_delta"), N_DELTAS)
+        self.assertTrue(body.endswith(events[-1]))
+
     def test_option(self) -> None:
         """--upstream-idle-timeout and its variable set it; the default is 300 s."""
         from linkrouter.config import resolve
@@ -254,6 +305,23 @@ class AbandonedUsageTests(TestCase):
         record = await counted(running, issued["id"], 3)
         self.assertEqual((record["request_count"], record["input_tokens"],
                           record["output_tokens"]), (3, 63, 3))
+
+    async def test_client_leaves_before_the_answer(self) -> None:
+        """A client that hangs up while the upstream is thinking: the request counts."""
+        fake = FakeAnthropic(load_answers(RESPONSES), hang=True)
+        running = await start_router(self, upstream=fake)
+        issued = await running.issue()
+        port = int(running.url.rsplit(":", 1)[1])
+        connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(connection.close)
+        connection.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: "
+                           + issued["token"].encode() + b"\r\ncontent-length: "
+                           + str(len(STREAM)).encode() + b"\r\n\r\n" + STREAM)
+        await eventually(lambda: len(fake.received) == 1)
+        connection.close()
+        await eventually(lambda: len(fake.disconnected) == 1)
+        record = await counted(running, issued["id"])
+        self.assertEqual((record["request_count"], record["input_tokens"]), (1, 0))
 
     async def test_upstream_breaks_mid_stream(self) -> None:
         """An upstream that drops after three events: 1 request, its input tokens."""

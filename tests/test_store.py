@@ -613,6 +613,35 @@ class PoolTestsMixin(_Backend):
         self.assertIn(revoked.id, cache)
         self.assertNotIn(kept.id, cache)
 
+    async def test_revocation_listeners(self) -> None:
+        """
+        Listeners hear of each revocation once, the first time this instance sees it:
+        made here (C{add}) or found by C{refresh}; one listener failing (logged) does
+        not keep the others from hearing.
+        """
+        here, elsewhere = make_record("here"), make_record("elsewhere")
+        await self.store.insert(here)
+        await self.store.insert(elsewhere)
+        cache = RevocationCache(self.store)
+        heard: list[str] = []
+
+        def broken(token_id: str) -> None:
+            raise RuntimeError("listener bug")
+
+        cache.subscribe(broken)
+        cache.subscribe(heard.append)
+        await self.store.revoke(here.id, NOW)
+        cache.add(here.id)
+        self.assertEqual(heard, [here.id])
+        await cache.refresh()
+        self.assertEqual(heard, [here.id])
+        self.successResultOf(self.other_store().revoke(elsewhere.id, NOW))
+        await cache.refresh()
+        await cache.refresh()
+        cache.add(elsewhere.id)
+        self.assertEqual(heard, [here.id, elsewhere.id])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
     async def test_revocations_kept_when_store_fails(self) -> None:
         """
         When the store cannot be read, C{refresh} logs the failure and keeps the last
