@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -85,6 +85,7 @@ class CacheUsageTests(SynchronousTestCase):
                 meter.cache_write_tokens, meter.cache_write_5m_tokens,
                 meter.cache_write_1h_tokens)
 
+    @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)  # shared CPUs
     @given(st.lists(st.integers(min_value=0, max_value=2_000), max_size=20))
     def test_sse_cache_tokens(self, cuts: list[int]) -> None:
         """A stream's cache reads and writes (5 m and 1 h apart, and summed) are read."""
