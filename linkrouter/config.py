@@ -33,6 +33,7 @@ DEFAULT_MAX_COOLDOWN = 5 * 3600.0
 DEFAULT_REFRESH_MARGIN = 60.0
 DEFAULT_TLS_PORT = 8443
 DEFAULT_SHUTDOWN_GRACE = 30.0
+DEFAULT_STORE_TIMEOUT = 5.0
 LOG_FORMATS = ("text", "json")
 CLAUDE_CODE_CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - the seed's default: a team router listens for the team
@@ -85,6 +86,8 @@ class Config:
     log_format: str = "text"
     allow_upstream: tuple[str, ...] = ()
     upstream_idle_timeout: float = DEFAULT_UPSTREAM_IDLE_TIMEOUT
+    store_timeout: float = DEFAULT_STORE_TIMEOUT
+    revocation_max_staleness: float | None = None
 
 
 def _pick(raw: Mapping[str, object], env: Mapping[str, str], key: str, *names: str) -> str | None:
@@ -331,6 +334,10 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         upstream_idle_timeout=_seconds(raw, env, "upstream_idle_timeout",
                                        "LINKROUTER_UPSTREAM_IDLE_TIMEOUT",
                                        DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+        store_timeout=_seconds(raw, env, "store_timeout", "LINKROUTER_STORE_TIMEOUT",
+                               DEFAULT_STORE_TIMEOUT),
+        revocation_max_staleness=_seconds(raw, env, "revocation_max_staleness",
+                                          "LINKROUTER_REVOCATION_MAX_STALENESS", 0.0) or None,
     )
 
 

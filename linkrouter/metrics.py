@@ -50,10 +50,15 @@ class _Accounts(Collector):
         yield served
 
 
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 class Metrics:
     """The router's metrics and their exposition."""
 
-    def __init__(self, accounts: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, accounts: Callable[[], dict[str, Any]] | None = None,
+                 revocations_age: Callable[[], float | None] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -81,6 +86,12 @@ class Metrics:
             "outcome (ok, transient, terminal, rotated_elsewhere)", ["outcome"], registry=r)
         if accounts is not None:
             r.register(_Accounts(accounts))
+        if revocations_age is not None:
+            age = revocations_age
+            Gauge("linkrouter_revocations_age_seconds",
+                  "Seconds since the revocations known here were last read from the token "
+                  "store (NaN before the first read)",
+                  registry=r).set_function(lambda: _nan_if_none(age()))
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition format, and its content type."""

@@ -21,7 +21,6 @@ from treq.client import HTTPClient
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
@@ -42,30 +41,37 @@ from linkrouter.config import Config, ConfigError, Secrets, load_secrets
 from linkrouter.credentials import claude_homes
 from linkrouter.dialects import Aliases, Route, aws_style, bedrock_route, vertex_route
 from linkrouter.errors import ErrorStyle, anthropic_style
+from linkrouter.health import Health
+from linkrouter.journal import NAME as JOURNAL_NAME
+from linkrouter.journal import Journal
 from linkrouter.metrics import Metrics
 from linkrouter.oauth import TokenEndpoint
+from linkrouter.outage import Outage
 from linkrouter.profiles import InferenceProfiles, ModelCatalogue
 from linkrouter.proxy import Proxy, TokenGate, Upstream, messages_route
 from linkrouter.relay import Streams
 from linkrouter.resource import RouterSite, admin_tree, build_tree, metrics_tree
+from linkrouter.revocations import RevocationCache
 from linkrouter.store import (
     Database,
-    RevocationCache,
     StoreError,
     TokenStore,
-    UsageRecorder,
     prepare,
     redact_url,
 )
+from linkrouter.storerunner import StoreRunner
 from linkrouter.surface import Surface
 from linkrouter.systemd import Notifier
 from linkrouter.tokens import Gatekeeper, TokenAuthority
+from linkrouter.usage import UsageRecorder
 
 _log = Logger(namespace="linkrouter")
 
 #: How often revocations made elsewhere (CLI, other instances) are picked up, and usage
 #: counters written.
 POLL_SECONDS = 1.0
+#: At stop, the last usage write gets at most this long before it goes to the journal.
+STOP_WRITE_SECONDS = 2.0
 CONNECT_TIMEOUT = 10.0
 
 
@@ -158,23 +164,35 @@ class Router:
             vertex=gate(vertex_route(aliases), "vertex"),
             metrics=None if separate else guarded_metrics,
         )
-        return tree, admin_tree(admin, guarded_metrics) if separate else None
+        health = Health(self.revocations.problem)
+        tree.putChild(b"health", health)
+        admin_only = admin_tree(admin, guarded_metrics) if separate else None
+        if admin_only is not None:
+            admin_only.putChild(b"health", health)
+        return tree, admin_only
 
 
 class StoreService(Service):
     """
-    Owns the database pool and the two pollers that use it: the revocation refresh and
-    the usage flush, each every L{POLL_SECONDS}. On stop it waits for a poll in flight,
-    writes the last usage counts, and only then closes the pool.
+    Owns the store's runner and the two pollers that use it: the revocation refresh and
+    the usage flush, each every L{POLL_SECONDS}. When the store was down at start, the
+    revocation poller first migrates it, and usage is not written until that is done.
+
+    Stop is bounded however the store behaves: calls in flight are given up, the last
+    usage write gets L{STOP_WRITE_SECONDS}, and what it could not write goes to the
+    usage journal (replayed at the next start).
     """
 
-    def __init__(self, pool: adbapi.ConnectionPool, router: Router, clock: Any) -> None:
-        self._pool = pool
-        self._loops = [
-            LoopingCall(lambda: Deferred.fromCoroutine(router.revocations.refresh())),
-            LoopingCall(lambda: Deferred.fromCoroutine(router.usage.flush())),
-        ]
+    def __init__(self, runner: StoreRunner, router: Router, clock: Any) -> None:
+        self._runner = runner
+        self._store = router.store
+        self._revocations = router.revocations
         self._usage = router.usage
+        self._migrated = router.revocations.loaded_at is not None
+        self._loops = [
+            LoopingCall(lambda: Deferred.fromCoroutine(self._poll_revocations())),
+            LoopingCall(lambda: Deferred.fromCoroutine(self._flush())),
+        ]
         self._stopped: list[Deferred[Any]] = []
         for loop in self._loops:
             loop.clock = clock
@@ -182,6 +200,23 @@ class StoreService(Service):
     def startService(self) -> None:  # noqa: N802 - twisted API
         super().startService()
         self._stopped = [loop.start(POLL_SECONDS, now=True) for loop in self._loops]
+
+    async def _poll_revocations(self) -> None:
+        if not self._migrated:
+            try:
+                before = await self._store.migrate()
+            except Exception as e:  # noqa: BLE001 - logged once per outage; retried
+                assert self._revocations.outage is not None
+                self._revocations.outage.failed(e)
+                return
+            self._migrated = True
+            _log.info("The token store answers (schema version {before} -> current); "
+                      "loading revocations", before=before)
+        await self._revocations.refresh()
+
+    async def _flush(self) -> None:
+        if self._migrated:
+            await self._usage.flush()
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         super().stopService()
@@ -191,12 +226,21 @@ class StoreService(Service):
         for loop in self._loops:
             if loop.running:
                 loop.stop()
+        self._runner.give_up_all("was given up: the router is stopping")
         for stopped in self._stopped:
             await stopped
+        self._runner.timeout = min(self._runner.timeout, STOP_WRITE_SECONDS)
         try:
-            await self._usage.flush()
+            if self._migrated:
+                await self._usage.flush()
+            await self._usage.save()
+            if self._usage.unconfirmed:
+                _log.warn("Stopping: usage of {n} request(s) could not be written to the "
+                          "token store; it is kept in {path} and written at the next start",
+                          n=sum(d.requests for b in self._usage.unconfirmed for d in b.deltas),
+                          path=str(self._usage.journal.path if self._usage.journal else "-"))
         finally:
-            self._pool.close()
+            self._runner.close()
 
 
 class _PoolService(Service):
@@ -208,7 +252,7 @@ class _PoolService(Service):
         return self._pool.closeCachedConnections()
 
 
-def build_router(config: Config, reactor: Any) -> tuple[Router, adbapi.ConnectionPool,
+def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
                                                        HTTPConnectionPool]:
     """Everything but the listeners. Blocking: call before the reactor runs."""
     secrets = load_secrets(config)
@@ -217,19 +261,9 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, adbapi.Connectio
     _log.info("Token secret from {source}; admin key from {admin}",
               source=secrets.token_secret_source, admin=secrets.admin_key_source)
 
-    database = Database(config.database)
-    try:
-        before, revoked = prepare(database)
-    except StoreError as e:
-        raise ConfigError("--database", str(e)) from None
-    _log.info("Token store {url} (schema version {before} -> current)",
-              url=redact_url(config.database), before=before)
-    pool = database.pool(reactor)
-    store = TokenStore(database.queries(), pool.runInteraction)
-    revocations = RevocationCache(store, revoked)
-    usage = UsageRecorder(store, reactor)
+    store, runner, revocations, usage = _token_store(config, reactor)
     authority = TokenAuthority(secrets.token_secret.encode("utf-8"), reactor)
-    gatekeeper = Gatekeeper(authority, revocations.__contains__)
+    gatekeeper = Gatekeeper(authority, revocations.is_revoked)
     client, http_pool = http_client(reactor)
     endpoint = TokenEndpoint(client, config.oauth_token_url, reactor, config.oauth_client_id)
     accounts = AccountPool(
@@ -251,14 +285,54 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, adbapi.Connectio
         config.upstream_timeout, config.upstream_idle_timeout,
     )
     admin = TokenAdmin(authority, store, revocations, reactor)
-    metrics = Metrics(accounts.to_json)
+    metrics = Metrics(accounts.to_json, revocations.age)
     for account in accounts.accounts:
         account.on_refresh = lambda outcome: metrics.refreshes.labels(outcome).inc()
     streams = Streams()
     revocations.subscribe(streams.revoked)
     router = Router(config, secrets, store, revocations, usage, gatekeeper, accounts,
                     upstream, admin, metrics, streams)
-    return router, pool, http_pool
+    return router, runner, http_pool
+
+
+def _token_store(config: Config, reactor: Any) -> tuple[TokenStore, StoreRunner,
+                                                         RevocationCache, UsageRecorder]:
+    """
+    Open and migrate the store, or (PostgreSQL not answering) start without it: tokens
+    are refused until it answers. Usage left in the journal by the last run is taken up.
+    """
+    database = Database(config.database)
+    revocations_known: frozenset[str] | None = None
+    try:
+        before, revocations_known = prepare(database, config.store_timeout)
+    except StoreError as e:
+        if not e.transient:
+            raise ConfigError("--database", str(e)) from None
+        _log.warn("{problem}; starting anyway: router tokens are refused (503) until the "
+                  "token store answers", problem=str(e))
+    else:
+        _log.info("Token store {url} (schema version {before} -> current)",
+                  url=redact_url(config.database), before=before)
+    runner = StoreRunner(database, reactor, config.store_timeout,
+                         size=1 if database.kind == "sqlite" else 4)
+    store = TokenStore(database.queries(), runner)
+    revocations = RevocationCache(store, clock=reactor,
+                                  max_staleness=config.revocation_max_staleness)
+    if revocations_known is not None:
+        revocations.loaded(revocations_known)
+    journal = Journal(config.data_dir / JOURNAL_NAME)
+    usage = UsageRecorder(
+        store, reactor, journal, deferToThread,
+        Outage(reactor, "usage", f"usage is kept in memory and in {journal.path} until it "
+                                 "answers"))
+    try:
+        usage.replay(journal.read())
+    except OSError as e:
+        raise ConfigError("--data-dir", f"cannot read {journal.path}: {e.strerror}") from None
+    if usage.unconfirmed:
+        _log.info("Writing {n} usage batch(es) left in {path} by the last run",
+                  n=len(usage.unconfirmed), path=str(journal.path))
+    return store, runner, revocations, usage
 
 
 def _scheduler(reactor: Any) -> Any:
@@ -449,9 +523,9 @@ def makeService(config: Config, reactor: Any = None,  # noqa: N802
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    router, pool, http_pool = build_router(config, reactor)
+    router, runner, http_pool = build_router(config, reactor)
     parent = RouterService(router, reactor, Notifier(os.environ if environ is None else environ))
-    StoreService(pool, router, reactor).setServiceParent(parent)
+    StoreService(runner, router, reactor).setServiceParent(parent)
     _PoolService(http_pool).setServiceParent(parent)
     AccountWatch(router.pool, reactor).setServiceParent(parent)
 
@@ -473,7 +547,9 @@ def makeService(config: Config, reactor: Any = None,  # noqa: N802
         _listen(config.admin_listen, site(admin, 64 * 1024), reactor, "--admin-listen",
                 parent, parent.admin_listeners)
     if config.metrics_listen:
-        _listen(config.metrics_listen, site(metrics_tree(router.metrics), 1024), reactor,
+        metrics_root = metrics_tree(router.metrics)
+        metrics_root.putChild(b"health", Health(router.revocations.problem))
+        _listen(config.metrics_listen, site(metrics_root, 1024), reactor,
                 "--metrics-listen", parent, parent.other_listeners)
     _log.info("Upstream {url}; serving dialects {formats}", url=config.upstream,
               formats=",".join(sorted(config.api_formats)))

@@ -2,33 +2,38 @@
 """
 The token store: one row per token id (never the token), in SQLite or PostgreSQL.
 
-The daemon reaches it through L{twisted.enterprise.adbapi} so no query blocks the reactor;
+The daemon runs each query in a worker thread with a time limit
+(L{linkrouter.storerunner.StoreRunner}) so no query blocks the reactor or hangs the router;
 the CLI runs the same queries on a plain connection. The schema is versioned and migrated
-on start. Revocations are polled into an in-memory set (L{RevocationCache}) so checking a
-token costs no query, and usage is counted in memory and written in batches
-(L{UsageRecorder}) so a busy router does not write once per request.
+on start. Revocations are polled into an in-memory set
+(L{linkrouter.revocations.RevocationCache}) so checking a token costs no query, and usage is
+counted in memory and written in batches (L{linkrouter.usage.UsageRecorder}) so a busy
+router does not write once per request. Each batch carries an id the store records with
+it, so a batch written twice (a retry after an answer that never came, a journal replayed
+after a crash) counts once.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import stat
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Callable
+from typing import Any
 
-from attrs import define, field, frozen
-from twisted.enterprise import adbapi
+from attrs import define, frozen
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
+from linkrouter.database import (  # noqa: F401 - re-exported: the store's public names
+    Database,
+    StoreError,
+    StoreUnavailable,
+    _Cursor,
+    _reason,
+    redact_url,
+)
 from linkrouter.labels import escaped
-from linkrouter.tokens import MAX_TIMESTAMP, TokenClaims, isoformat
+from linkrouter.revocations import RevocationCache  # noqa: F401 - re-exported
+from linkrouter.tokens import MAX_TIMESTAMP, isoformat
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Migrations, in order: (version, statements). Never edit one that has shipped.
 _MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -58,16 +63,27 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE tokens ADD COLUMN cache_write_tokens BIGINT NOT NULL DEFAULT 0",
         ],
     ),
+    (
+        3,
+        [
+            # Usage batches already added, so a batch written again is skipped.
+            """CREATE TABLE usage_batches (
+                id TEXT PRIMARY KEY,
+                applied_at BIGINT NOT NULL
+            )""",
+            "CREATE INDEX usage_batches_applied ON usage_batches (applied_at)",
+        ],
+    ),
 ]
+
+#: How long the store remembers a usage batch it has added (so a journal older than this,
+#: replayed, could count twice).
+BATCH_MEMORY_SECONDS = 2 * 24 * 3600
 
 _COLUMNS = (
     "id, label, created_at, expires_at, revoked_at, last_used_at, "
     "request_count, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens"
 )
-
-
-class StoreError(Exception):
-    """The store cannot be opened or used; the message is safe to show (no password)."""
 
 
 @frozen
@@ -135,112 +151,6 @@ class UsageDelta:
             cache_read_tokens=self.cache_read_tokens + later.cache_read_tokens,
             cache_write_tokens=self.cache_write_tokens + later.cache_write_tokens,
         )
-
-
-def redact_url(url: str) -> str:
-    """The database URL with any password (user:pw@ or ?password=) replaced."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(":" + parts.password + "@", ":***@")
-    query = "&".join(
-        (item.split("=", 1)[0] + "=***") if item.lower().startswith("password=") else item
-        for item in parts.query.split("&")
-    ) if parts.query else ""
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-class _Cursor(Protocol):
-    rowcount: int
-
-    def execute(self, sql: str, params: Iterable[object] = ...) -> object: ...
-    def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
-
-
-@frozen
-class Database:
-    """Where the store lives: a C{sqlite:///} file or a C{postgresql://} server."""
-
-    url: str
-
-    @property
-    def kind(self) -> str:
-        return "sqlite" if self.url.startswith("sqlite:") else "postgresql"
-
-    @property
-    def sqlite_path(self) -> Path:
-        return Path(self.url[len("sqlite:///") :])
-
-    @property
-    def module(self) -> str:
-        return "sqlite3" if self.kind == "sqlite" else "psycopg"
-
-    def _connect_args(self) -> tuple[tuple[object, ...], dict[str, object]]:
-        if self.kind == "sqlite":
-            return (str(self.sqlite_path),), {"timeout": 15.0, "check_same_thread": False}
-        return (self.url.replace("postgres://", "postgresql://", 1),), {"connect_timeout": 10}
-
-    def _prepare_file(self) -> None:
-        """Create the SQLite file with mode 0600 before SQLite creates it with 0644."""
-        path = self.sqlite_path
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, stat.S_IRUSR | stat.S_IWUSR))
-
-    def connect(self) -> Any:
-        """A new DB-API connection (blocking: for start-up checks and the CLI)."""
-        args, kwargs = self._connect_args()
-        try:
-            if self.kind == "sqlite":
-                self._prepare_file()
-                conn = sqlite3.connect(*args, **kwargs)  # type: ignore[arg-type]
-                _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
-                return conn
-            import psycopg
-
-            return psycopg.connect(*args, **kwargs)  # type: ignore[arg-type]
-        except ImportError:
-            raise StoreError(
-                "PostgreSQL support needs psycopg: pip install 'linkrouter[postgresql]'"
-            ) from None
-        except Exception as e:  # noqa: BLE001 - DB-API errors have no common base
-            raise StoreError(f"cannot open {redact_url(self.url)}: {_reason(e)}") from None
-
-    def pool(self, reactor: object) -> adbapi.ConnectionPool:
-        """An adbapi pool: queries run in its threads, results come back as Deferreds."""
-        args, kwargs = self._connect_args()
-        if self.kind == "sqlite":
-            # One connection: SQLite serialises writers anyway; more threads only add
-            # "database is locked" retries.
-            kwargs.update(cp_min=1, cp_max=1)
-        else:
-            kwargs.update(cp_min=1, cp_max=4)
-        return adbapi.ConnectionPool(
-            self.module, *args, cp_reactor=reactor, cp_noisy=False, cp_reconnect=True, **kwargs
-        )
-
-    def queries(self) -> Queries:
-        return Queries("?" if self.kind == "sqlite" else "%s", self.kind)
-
-
-def _retry_busy(operation: Callable[[], object], attempts: int = 150) -> None:
-    """Run a SQLite operation that fails at once (no busy wait) while another holds a lock."""
-    import time
-
-    for attempt in range(attempts):
-        try:
-            operation()
-            return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or attempt == attempts - 1:
-                raise
-            time.sleep(0.1)
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 #: The most one usage flush adds to a counter (keeps sums far from BIGINT's limit).
@@ -361,8 +271,27 @@ class Queries:
         cursor.execute("SELECT id FROM tokens WHERE revoked_at IS NOT NULL")
         return frozenset(row[0] for row in cursor.fetchall())
 
-    def add_usage(self, cursor: _Cursor, deltas: list[UsageDelta]) -> None:
-        """Add usage counters, creating rows for tokens minted elsewhere (same secret)."""
+    def revoked_since(self, cursor: _Cursor, since: int) -> list[str]:
+        """The ids revoked at or after C{since} (read through the C{revoked_at} index)."""
+        cursor.execute(self._sql("SELECT id FROM tokens WHERE revoked_at >= ?"), (since,))
+        return [row[0] for row in cursor.fetchall()]
+
+    def add_usage(self, cursor: _Cursor, deltas: list[UsageDelta], batch: str | None = None,
+                  at: int = 0) -> bool:
+        """
+        Add usage counters, creating rows for tokens minted elsewhere (same secret).
+
+        With a C{batch} id, the batch is added once: if the store already has that id,
+        nothing changes and the answer is C{False}. Ids older than
+        L{BATCH_MEMORY_SECONDS} before C{at} are forgotten.
+        """
+        if batch is not None:
+            cursor.execute(self._sql("DELETE FROM usage_batches WHERE applied_at < ?"),
+                           (at - BATCH_MEMORY_SECONDS,))
+            cursor.execute(self._sql("INSERT INTO usage_batches (id, applied_at) VALUES (?, ?) "
+                                     "ON CONFLICT (id) DO NOTHING"), (batch, at))
+            if cursor.rowcount == 0:
+                return False
         statement = self._sql(
             "INSERT INTO tokens (id, label, created_at, expires_at, last_used_at, "
             "request_count, input_tokens, output_tokens, cache_read_tokens, "
@@ -390,6 +319,7 @@ class Queries:
                  _clamped(d.cache_read_tokens, MAX_COUNT),
                  _clamped(d.cache_write_tokens, MAX_COUNT)),
             )
+        return True
 
 
 @define
@@ -397,7 +327,7 @@ class TokenStore:
     """
     The store's operations, each run by C{run(fn, *args)} with a cursor.
 
-    In the daemon C{run} is C{ConnectionPool.runInteraction}; in the CLI it is
+    In the daemon C{run} is a L{linkrouter.storerunner.StoreRunner}; in the CLI it is
     L{BlockingRunner}. Either way every method returns a Deferred.
     """
 
@@ -419,11 +349,17 @@ class TokenStore:
     def revoked_ids(self) -> Any:
         return self.run(self.queries.revoked_ids)
 
-    def add_usage(self, deltas: list[UsageDelta]) -> Any:
-        return self.run(self.queries.add_usage, deltas)
+    def revoked_since(self, since: int) -> Any:
+        return self.run(self.queries.revoked_since, since)
+
+    def add_usage(self, deltas: list[UsageDelta], batch: str | None = None, at: int = 0) -> Any:
+        return self.run(self.queries.add_usage, deltas, batch, at)
+
+    def migrate(self) -> Any:
+        return self.run(self.queries.migrate)
 
 
-def _transaction(connection: Any, fn: Callable[..., Any], *args: object) -> Any:
+def transaction(connection: Any, fn: Callable[..., Any], *args: object) -> Any:
     """Run C{fn(cursor, *args)} inline in one transaction."""
     cursor = connection.cursor()
     try:
@@ -445,106 +381,21 @@ class BlockingRunner:
     connection: Any
 
     def __call__(self, fn: Callable[..., Any], *args: object) -> Deferred[Any]:
-        return maybeDeferred(_transaction, self.connection, fn, *args)
+        return maybeDeferred(transaction, self.connection, fn, *args)
 
 
-def prepare(database: Database) -> tuple[int, frozenset[str]]:
+def prepare(database: Database, timeout: float | None = None) -> tuple[int, frozenset[str]]:
     """
     Open the database once, blocking, and migrate it; return the schema version found
     and the revoked token ids (so the daemon refuses them from its first request).
     """
-    conn = database.connect()
+    conn = database.connect(timeout)
     try:
         queries = database.queries()
-        return (_transaction(conn, queries.migrate), _transaction(conn, queries.revoked_ids))
+        return (transaction(conn, queries.migrate), transaction(conn, queries.revoked_ids))
     except StoreError:
         raise
     except Exception as e:  # noqa: BLE001
         raise StoreError(f"cannot migrate {redact_url(database.url)}: {_reason(e)}") from None
     finally:
         conn.close()
-
-
-@define
-class RevocationCache:
-    """
-    The set of revoked token ids, re-read from the store every second or so, so that a
-    revocation made by the CLI or another instance takes effect here without a query per
-    request. Listeners (L{subscribe}) hear of each id the first time it is seen revoked,
-    e.g. to end that token's answers still streaming.
-    """
-
-    store: TokenStore
-    revoked: frozenset[str] = frozenset()
-    _listeners: list[Callable[[str], object]] = field(factory=list)
-    _log = Logger()
-
-    def __contains__(self, token_id: str) -> bool:
-        return token_id in self.revoked
-
-    def subscribe(self, listener: Callable[[str], object]) -> None:
-        """Call C{listener(token_id)} for every revocation seen from now on."""
-        self._listeners.append(listener)
-
-    def add(self, token_id: str) -> None:
-        """Record a revocation made by this process at once."""
-        self._learn(frozenset({token_id}))
-
-    async def refresh(self) -> None:
-        try:
-            # A union: revocations are permanent, and one made here while the query ran
-            # must not be dropped by its result.
-            self._learn(await self.store.revoked_ids())
-        except Exception:  # noqa: BLE001 - keep the last good set and keep polling
-            self._log.failure("Could not refresh the revocation list; keeping the last one")
-
-    def _learn(self, ids: frozenset[str]) -> None:
-        new = ids - self.revoked
-        if not new:
-            return
-        self.revoked = self.revoked | new
-        for token_id in new:
-            for listener in self._listeners:
-                try:
-                    listener(token_id)
-                except Exception:  # noqa: BLE001 - one listener must not stop the others
-                    self._log.failure("A revocation listener failed")
-
-
-@define
-class UsageRecorder:
-    """Counts requests and tokens per router token in memory; L{flush} writes them."""
-
-    store: TokenStore
-    clock: IReactorTime
-    pending: dict[str, UsageDelta] = field(factory=dict)
-    _log = Logger()
-
-    def record(self, claims: TokenClaims, input_tokens: int = 0, output_tokens: int = 0,
-               requests: int = 1, cache_read_tokens: int = 0,
-               cache_write_tokens: int = 0) -> None:
-        delta = UsageDelta(
-            id=claims.id,
-            label=claims.label,
-            created_at=claims.issued_at,
-            expires_at=claims.expires_at,
-            last_used_at=int(self.clock.seconds()),
-            requests=requests,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cache_read_tokens=cache_read_tokens,
-            cache_write_tokens=cache_write_tokens,
-        )
-        old = self.pending.get(claims.id)
-        self.pending[claims.id] = old.plus(delta) if old else delta
-
-    async def flush(self) -> None:
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, {}
-        try:
-            await self.store.add_usage(list(batch.values()))
-        except Exception:  # noqa: BLE001 - put the counts back and try again next time
-            self._log.failure("Could not write token usage; will retry")
-            for delta in batch.values():
-                self.pending[delta.id] = delta.plus(self.pending.get(delta.id))

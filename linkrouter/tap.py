@@ -99,6 +99,14 @@ class Options(usage.Options):
         ["shutdown-grace", None, None,
          "Seconds in-flight requests and streams get to finish on SIGTERM. "
          "[env: LINKROUTER_SHUTDOWN_GRACE; default 30]"],
+        ["store-timeout", None, None,
+         "Seconds any token store call may take before it is given up (admin calls then "
+         "answer 503). [env: LINKROUTER_STORE_TIMEOUT; default 5]"],
+        ["revocation-max-staleness", None, None,
+         "Refuse router tokens (503) once the revocations known here are older than this "
+         "many seconds because the token store does not answer. [env: "
+         "LINKROUTER_REVOCATION_MAX_STALENESS; default: none, serve on the last known "
+         "revocations]"],
         ["log-format", None, None,
          "text or json (one JSON object per line, for journald/ELK). "
          "[env: LINKROUTER_LOG_FORMAT; default text]"],

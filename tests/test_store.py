@@ -16,6 +16,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -36,12 +37,14 @@ from linkrouter.store import (
     TokenRecord,
     TokenStore,
     UsageDelta,
-    UsageRecorder,
     prepare,
 )
+from linkrouter.storerunner import StoreRunner
 from linkrouter.tokens import MAX_TIMESTAMP, TokenClaims
+from linkrouter.usage import UsageRecorder
 
 from . import pg
+from .harness import capture_logs
 
 #: A fixed "now" for records, so expected values are exact.
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -537,8 +540,8 @@ class PostgreSQLStoreTests(PostgreSQLBackend, StoreTestsMixin, SynchronousTestCa
 
 class PoolTestsMixin(_Backend):
     """
-    The daemon's path: the store through an adbapi pool on the real reactor, and the
-    revocation cache and usage recorder built on it.
+    The daemon's path: the store through its runner (worker threads, a time limit per
+    call) on the real reactor, and the revocation cache and usage recorder built on it.
     """
 
     addCleanup: Any
@@ -552,12 +555,12 @@ class PoolTestsMixin(_Backend):
         self.database = self.new_database()
         prepare(self.database)
         self.calls: list[str] = []
-        pool = self.database.pool(reactor)
-        self.addCleanup(pool.close)
+        runner = StoreRunner(self.database, reactor, 10.0)
+        self.addCleanup(runner.close)
 
         def run(fn: Any, *args: Any) -> Any:
             self.calls.append(fn.__name__)
-            return pool.runInteraction(fn, *args)
+            return runner(fn, *args)
 
         self.store = TokenStore(self.database.queries(), run)
 
@@ -608,7 +611,9 @@ class PoolTestsMixin(_Backend):
         cache = RevocationCache(self.store)
         await cache.refresh()
         self.assertNotIn(revoked.id, cache)
-        self.successResultOf(self.other_store().revoke(revoked.id, NOW))
+        # Stamped now, as the CLI and other instances stamp revocations: the next poll
+        # reads only those revoked since the last one (less a margin).
+        self.successResultOf(self.other_store().revoke(revoked.id, int(time.time())))
         await cache.refresh()
         self.assertIn(revoked.id, cache)
         self.assertNotIn(kept.id, cache)
@@ -635,8 +640,11 @@ class PoolTestsMixin(_Backend):
         self.assertEqual(heard, [here.id])
         await cache.refresh()
         self.assertEqual(heard, [here.id])
-        self.successResultOf(self.other_store().revoke(elsewhere.id, NOW))
+        # stamped now, as another instance would: the poll after the first reads only
+        # recent revocations
+        self.successResultOf(self.other_store().revoke(elsewhere.id, int(time.time())))
         await cache.refresh()
+        self.assertEqual(heard, [here.id, elsewhere.id])
         await cache.refresh()
         cache.add(elsewhere.id)
         self.assertEqual(heard, [here.id, elsewhere.id])
@@ -644,10 +652,12 @@ class PoolTestsMixin(_Backend):
 
     async def test_revocations_kept_when_store_fails(self) -> None:
         """
-        When the store cannot be read, C{refresh} logs the failure and keeps the last
-        known revocations (a revoked token must not come back to life); the next refresh
-        after the store recovers works again.
+        When the store cannot be read, C{refresh} logs the failure once (one line, no
+        traceback, however many polls fail) and keeps the last known revocations (a
+        revoked token must not come back to life); the next refresh after the store
+        recovers works again and says so.
         """
+        logs = capture_logs(self)
         record = make_record("revoked")
         await self.store.insert(record)
         await self.store.revoke(record.id, NOW)
@@ -655,15 +665,19 @@ class PoolTestsMixin(_Backend):
         await cache.refresh()
         self.assertIn(record.id, cache)
         self.break_table()
-        await cache.refresh()
-        self.assertEqual(len(self.flushLoggedErrors()), 1)
+        for _ in range(3):
+            await cache.refresh()
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(len([line for line in logs.lines if "not answering" in line]), 1,
+                         logs.text())
         self.assertIn(record.id, cache)
         self.mend_table()
         later = make_record("later")
         await self.store.insert(later)
-        await self.other_store().revoke(later.id, NOW)
+        await self.other_store().revoke(later.id, int(time.time()))
         await cache.refresh()
         self.assertEqual(cache.revoked, frozenset({record.id, later.id}))
+        self.assertEqual(len([line for line in logs.lines if "answers again" in line]), 1)
 
     async def test_absurd_claims_flush(self) -> None:
         """
@@ -728,8 +742,8 @@ class PoolTestsMixin(_Backend):
 
     async def test_usage_kept_when_store_fails(self) -> None:
         """
-        When writing usage fails, the recorder logs it and keeps the counts, adding
-        later usage to them; once the store works again the next flush writes them all.
+        When writing usage fails, the recorder logs it and keeps the counts, counting
+        later usage too; once the store works again the next flush writes them all.
         """
         clock = Clock()
         clock.advance(NOW + 100)
@@ -742,10 +756,10 @@ class PoolTestsMixin(_Backend):
 
         self.break_table()
         await recorder.flush()
-        self.assertEqual(len(self.flushLoggedErrors()), 1)
-        pending = recorder.pending[record.id]
-        self.assertEqual((pending.requests, pending.input_tokens, pending.output_tokens),
-                         (2, 20, 10))
+        self.assertEqual(self.flushLoggedErrors(), [])
+        [kept] = recorder.unconfirmed
+        self.assertEqual([(d.requests, d.input_tokens, d.output_tokens) for d in kept.deltas],
+                         [(2, 20, 10)])
         clock.advance(5)
         recorder.record(claims, input_tokens=1, output_tokens=2)
 

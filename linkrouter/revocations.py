@@ -1,0 +1,145 @@
+# -*- test-case-name: tests.test_revocations -*-
+"""
+The revoked token ids, kept in memory so checking a token costs no query.
+
+Each poll (every second) reads only the ids revoked since the last good poll (less a
+margin for clock skew between instances and slow commits), through the C{revoked_at}
+index; every L{RESYNC_SECONDS} it reads them all. A revocation made here is added at once;
+one made elsewhere (the CLI, another instance) arrives with the next poll.
+
+While the store does not answer, the router keeps serving on the revocations it knows,
+unless C{max_staleness} is set: once the view is older than that, tokens are refused
+(503). Until the first load succeeds (a router started while its store was down) no
+token is accepted: the router never fails open.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from attrs import define, field
+from twisted.logger import Logger
+
+from linkrouter.database import StoreUnavailable
+from linkrouter.outage import Outage
+
+#: Seconds between full re-reads of the revoked ids.
+RESYNC_SECONDS = 600.0
+#: An incremental poll re-reads this many seconds before the last good poll: a revocation
+#: stamped by a clock this far behind ours, or committed this long after its stamp, is
+#: still seen at once (anything later is seen at the next full re-read).
+OVERLAP_SECONDS = 120
+
+
+class _WallClock:
+    def seconds(self) -> float:
+        return time.time()
+
+
+@define(eq=False)
+class RevocationCache:
+    """
+    The set of revoked token ids and how fresh it is.
+
+    @ivar loaded_at: clock time at which the last successful poll started (the view is
+        at least that recent), or C{None} before the first load.
+    @ivar max_staleness: refuse tokens once the view is older than this many seconds
+        (C{None}: serve on the last known view however old).
+    """
+
+    store: Any
+    revoked: set[str] = field(factory=set, converter=set)
+    clock: Any = field(factory=_WallClock)
+    max_staleness: float | None = None
+    loaded_at: float | None = None
+    outage: Outage | None = None
+    _full_at: float | None = None
+    _listeners: list[Callable[[str], None]] = field(factory=list)
+    _log = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        if self.outage is None:
+            self.outage = Outage(self.clock, "revocations",
+                                 "serving on the revocations already known")
+
+    def __contains__(self, token_id: str) -> bool:
+        return token_id in self.revoked
+
+    def loaded(self, ids: Iterable[str]) -> None:
+        """Take a full set read just now (at start-up)."""
+        now = self.clock.seconds()
+        self._merge(ids)
+        self.loaded_at = self._full_at = now
+
+    def is_revoked(self, token_id: str) -> bool:
+        """
+        Whether C{token_id} is revoked.
+
+        @raise StoreUnavailable: (503) when revocations cannot be checked: never loaded,
+            or older than C{max_staleness}.
+        """
+        problem = self.problem()
+        if problem is not None:
+            raise StoreUnavailable(503, f"Revocations cannot be checked: {problem}. Try "
+                                   "again shortly.", "api_error")
+        return token_id in self.revoked
+
+    def age(self) -> float | None:
+        """Seconds since the view was last known current, or C{None} before any load."""
+        if self.loaded_at is None:
+            return None
+        return max(0.0, self.clock.seconds() - self.loaded_at)
+
+    def problem(self) -> str | None:
+        """Why tokens are refused now, or C{None} when revocations can be checked."""
+        age = self.age()
+        if age is None:
+            return "the token store has not answered since this router started"
+        if self.max_staleness is not None and age > self.max_staleness:
+            return (f"the token store has not answered for {age:.0f} s "
+                    f"(--revocation-max-staleness is {self.max_staleness:g} s)")
+        return None
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        """Call C{callback(token_id)} for every id newly seen revoked, here or elsewhere."""
+        self._listeners.append(callback)
+
+    def add(self, token_id: str) -> None:
+        """Record a revocation made by this process at once."""
+        self._merge([token_id])
+
+    def _merge(self, ids: Iterable[str]) -> None:
+        new = [token_id for token_id in ids if token_id not in self.revoked]
+        self.revoked.update(new)
+        for token_id in new:
+            for callback in self._listeners:
+                try:
+                    callback(token_id)
+                except Exception:  # noqa: BLE001 - one listener must not stop the others
+                    self._log.failure("A revocation listener failed")
+
+    async def refresh(self) -> None:
+        """Poll the store: the ids revoked since the last good poll, or all of them."""
+        started = self.clock.seconds()
+        full = (self.loaded_at is None or self._full_at is None
+                or started - self._full_at >= RESYNC_SECONDS)
+        try:
+            if full:
+                ids = await self.store.revoked_ids()
+            else:
+                assert self.loaded_at is not None
+                ids = await self.store.revoked_since(int(self.loaded_at) - OVERLAP_SECONDS)
+        except Exception as e:  # noqa: BLE001 - keep the last good set and keep polling
+            assert self.outage is not None
+            self.outage.failed(e)
+            return
+        assert self.outage is not None
+        self.outage.answered()
+        # A union: revocations are permanent, and one made here while the query ran
+        # must not be dropped by its result.
+        self._merge(ids)
+        if full:
+            self._full_at = started
+        self.loaded_at = max(self.loaded_at or started, started)
