@@ -389,8 +389,12 @@ class RouterService(MultiService):
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
+        self.reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        # Signal handlers first: READY=1 tells systemd (and tests) that SIGHUP now reloads.
         if self.handle_signals:
-            self.reactor.callWhenRunning(self._install_signals)
+            self._install_signals()
         Deferred.fromCoroutine(self.ports()).addCallbacks(
             self._ready, lambda f: _log.failure("A listener failed to start", f))
 
