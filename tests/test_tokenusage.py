@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -196,6 +196,7 @@ class MergeTests(SynchronousTestCase):
         tally.report(None)
         self.assertEqual(tally.usage, Usage())
 
+    @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
     @given(
         st.lists(
             st.dictionaries(
