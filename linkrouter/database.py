@@ -16,7 +16,6 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from attrs import frozen
-from twisted.enterprise import adbapi
 
 from linkrouter.errors import APIError
 
@@ -125,19 +124,6 @@ class Database:
         except Exception as e:  # noqa: BLE001 - DB-API errors have no common base
             raise StoreError(f"cannot open {redact_url(self.url)}: {_reason(e)}",
                              transient=self.kind == "postgresql" and _transient(e)) from None
-
-    def pool(self, reactor: object) -> adbapi.ConnectionPool:
-        """An adbapi pool: queries run in its threads, results come back as Deferreds."""
-        args, kwargs = self._connect_args()
-        if self.kind == "sqlite":
-            # One connection: SQLite serialises writers anyway; more threads only add
-            # "database is locked" retries.
-            kwargs.update(cp_min=1, cp_max=1)
-        else:
-            kwargs.update(cp_min=1, cp_max=4)
-        return adbapi.ConnectionPool(
-            self.module, *args, cp_reactor=reactor, cp_noisy=False, cp_reconnect=True, **kwargs
-        )
 
     def queries(self) -> Any:
         """The store's queries in this database's SQL dialect."""

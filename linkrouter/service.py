@@ -212,11 +212,18 @@ class StoreService(Service):
             self._migrated = True
             _log.info("The token store answers (schema version {before} -> current); "
                       "loading revocations", before=before)
-        await self._revocations.refresh()
+        try:
+            await self._revocations.refresh()
+        except Exception:  # noqa: BLE001 - the loop must keep running
+            _log.failure("Refreshing revocations failed")
 
     async def _flush(self) -> None:
-        if self._migrated:
+        if not self._migrated:
+            return
+        try:
             await self._usage.flush()
+        except Exception:  # noqa: BLE001 - the loop must keep running
+            _log.failure("Writing token usage failed")
 
     def stopService(self) -> Deferred[None]:  # noqa: N802
         super().stopService()

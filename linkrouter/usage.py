@@ -93,7 +93,10 @@ class UsageRecorder:
         if self.outage is not None:
             self.outage.answered()
         if journaled and self.journal is not None:
-            await self.offload(self.journal.clear)
+            try:
+                await self.offload(self.journal.clear)
+            except Exception:  # noqa: BLE001 - replaying it later counts nothing twice
+                self._log.failure("Could not remove {path}", path=str(self.journal.path))
 
     def _failed(self, error: Exception) -> None:
         if self.outage is not None:

@@ -4,7 +4,7 @@ and a fresh database on the local PostgreSQL server (see L{tests.pg}).
 
 Each behaviour is written once, in a mixin, and run on both backends: blocking (as the
 CLI and start-up use the store) in L{SynchronousTestCase}s, and through
-L{twisted.enterprise.adbapi} on the real reactor (as the daemon uses it) in L{TestCase}s.
+the daemon's L{linkrouter.storerunner.StoreRunner} on the real reactor in L{TestCase}s.
 Failures are made for real (a renamed table, a closed port, a path under a file), never
 with a mock.
 """
@@ -579,7 +579,7 @@ class PoolTestsMixin(_Backend):
 
     async def test_round_trip(self) -> None:
         """
-        Through an adbapi pool, every store operation works and returns what the blocking
+        Through the runner, every store operation works and returns what the blocking
         path returns.
         """
         record = make_record("pooled")
