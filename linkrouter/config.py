@@ -34,6 +34,8 @@ DEFAULT_REFRESH_MARGIN = 60.0
 DEFAULT_TLS_PORT = 8443
 DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_STORE_TIMEOUT = 5.0
+DEFAULT_HEADER_TIMEOUT = 20.0
+DEFAULT_MAX_CONNECTIONS = 10000
 LOG_FORMATS = ("text", "json")
 CLAUDE_CODE_CLIENT_ID = "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
 DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - the seed's default: a team router listens for the team
@@ -88,6 +90,8 @@ class Config:
     upstream_idle_timeout: float = DEFAULT_UPSTREAM_IDLE_TIMEOUT
     store_timeout: float = DEFAULT_STORE_TIMEOUT
     revocation_max_staleness: float | None = None
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 def _pick(raw: Mapping[str, object], env: Mapping[str, str], key: str, *names: str) -> str | None:
@@ -166,6 +170,18 @@ def _seconds(raw: Mapping[str, object], env: Mapping[str, str], key: str, name: 
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(option, "must be greater than zero")
     return value
+
+
+def _count(raw: Mapping[str, object], env: Mapping[str, str], key: str, name: str,
+           default: int) -> int:
+    """A positive whole number flag."""
+    option = "--" + key.replace("_", "-")
+    text = _pick(raw, env, key, name)
+    if not text:
+        return default
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise ConfigError(option, f"{text!r} is not a whole number greater than zero")
+    return int(text)
 
 
 def _default_listen(env: Mapping[str, str]) -> str:
@@ -338,6 +354,10 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
                                DEFAULT_STORE_TIMEOUT),
         revocation_max_staleness=_seconds(raw, env, "revocation_max_staleness",
                                           "LINKROUTER_REVOCATION_MAX_STALENESS", 0.0) or None,
+        header_timeout=_seconds(raw, env, "header_timeout", "LINKROUTER_HEADER_TIMEOUT",
+                                DEFAULT_HEADER_TIMEOUT),
+        max_connections=_count(raw, env, "max_connections", "LINKROUTER_MAX_CONNECTIONS",
+                               DEFAULT_MAX_CONNECTIONS),
     )
 
 

@@ -26,6 +26,7 @@ from twisted.web.resource import IResource, Resource
 from linkrouter.access import REQUEST_ID_HEADER, AccessLog, log_access, note
 from linkrouter.admin import MetricsResource
 from linkrouter.config import DEFAULT_MAX_BODY_SIZE
+from linkrouter.connections import ConnectionGuard, OverCapacity, guarded_protocol
 from linkrouter.early import Discard, Refusal, early_refusal, raw_answer
 from linkrouter.errors import (
     APIError,
@@ -311,15 +312,19 @@ class RouterSite(server.Site):
     """
     The site: our request class, no form parsing, no tracebacks, our access log, and
     what a graceful stop needs (the connections, the requests in flight).
+
+    Its connections share C{guard} (L{linkrouter.connections}): the header timeout, and
+    the cap on open connections beyond which a new one is refused with a 503.
     """
 
     displayTracebacks = False
     noisy = False
+    protocol = guarded_protocol
 
     def __init__(
         self, resource: IResource, *, reactor: Any = None,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE, access: AccessLog | None = None,
-        hsts: str | None = None,
+        hsts: str | None = None, guard: ConnectionGuard | None = None,
     ) -> None:
         super().__init__(
             resource, requestFactory=RouterRequest, parsePOSTFormSubmission=False,
@@ -328,11 +333,14 @@ class RouterSite(server.Site):
         self.max_body_size = max_body_size
         self.access = access or AccessLog()
         self.hsts = hsts
+        self.guard = guard if guard is not None else ConnectionGuard()
         self.draining = False
         self.inflight: set[IRequest] = set()
         self._protocols: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - twisted API
+        if self.guard.full:
+            return OverCapacity(self.guard, self.reactor)
         protocol = super().buildProtocol(addr)
         self._protocols.add(protocol)
         return protocol

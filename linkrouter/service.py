@@ -38,6 +38,7 @@ from linkrouter.accounts import AccountPool, AccountWatch, build_accounts
 from linkrouter.admin import MetricsResource, TokenAdmin, admin_resources
 from linkrouter.adminguard import AdminGuard
 from linkrouter.config import Config, ConfigError, Secrets, load_secrets
+from linkrouter.connections import ConnectionGuard
 from linkrouter.credentials import claude_homes
 from linkrouter.dialects import Aliases, Route, aws_style, bedrock_route, vertex_route
 from linkrouter.errors import ErrorStyle, anthropic_style
@@ -543,14 +544,20 @@ def makeService(config: Config, reactor: Any = None,  # noqa: N802
     access = AccessLog(config.verbose, router.metrics)
     hsts = HSTS if config.hsts else None
 
-    def site(resource: IResource, max_body: int) -> RouterSite:
+    # The client listeners share one cap; the admin and metrics listeners (operators,
+    # usually loopback) keep the header timeout but are not counted against it.
+    clients = ConnectionGuard(config.header_timeout, config.max_connections)
+    operators = ConnectionGuard(config.header_timeout, None)
+
+    def site(resource: IResource, max_body: int, guard: ConnectionGuard = operators
+             ) -> RouterSite:
         made = RouterSite(resource, reactor=reactor, max_body_size=max_body, access=access,
-                          hsts=hsts)
+                          hsts=hsts, guard=guard)
         parent.sites.append(made)
         return made
 
     tree, admin = router.resources()
-    main = site(tree, config.max_body_size)
+    main = site(tree, config.max_body_size, clients)
     _listen(config.listen, main, reactor, "--listen", parent, parent.listeners)
     if config.tls_cert is not None and config.tls_key is not None:
         parent.tls.append(_tls_listener(config, main, reactor, parent))

@@ -14,7 +14,14 @@ from typing import Any, NoReturn
 
 from twisted.python import usage
 
-from linkrouter.config import DEFAULT_MAX_BODY_SIZE, DEFAULT_UPSTREAM_TIMEOUT, Config, ConfigError
+from linkrouter.config import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_UPSTREAM_TIMEOUT,
+    Config,
+    ConfigError,
+)
 from linkrouter.config import resolve as resolve_config
 from linkrouter.service import RouterService
 from linkrouter.service import makeService as build_service
@@ -117,6 +124,13 @@ class Options(usage.Options):
          "Seconds an answer may go without a byte from the upstream before it is ended "
          "(the client gets a mid-stream error). [env: LINKROUTER_UPSTREAM_IDLE_TIMEOUT; "
          "default 300]"],
+        ["header-timeout", None, None,
+         f"Seconds a client has to send a request's headers, from their first byte (a "
+         f"trickle does not extend it): 408 and close. [env: LINKROUTER_HEADER_TIMEOUT; "
+         f"default {DEFAULT_HEADER_TIMEOUT:g}]"],
+        ["max-connections", None, None,
+         f"Client connections one process holds; beyond it a new one is answered 503 and "
+         f"closed. [env: LINKROUTER_MAX_CONNECTIONS; default {DEFAULT_MAX_CONNECTIONS}]"],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
