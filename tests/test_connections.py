@@ -18,10 +18,11 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from linkrouter.config import ConfigError, resolve
+from linkrouter.config import DEFAULT_MAX_CONNECTIONS, ConfigError, resolve
 from linkrouter.tap import Options
 
 from .harness import in_thread, start_router
+from .test_systemd import SERVICE, unit_settings
 
 HEALTH = b"GET /health HTTP/1.1\r\nHost: router\r\n\r\n"
 
@@ -233,3 +234,16 @@ class OptionTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as caught:
                 resolve(raw, {})
             self.assertIn("--" + next(iter(raw)).replace("_", "-"), str(caught.exception))
+
+
+class UnitLimitTests(SynchronousTestCase):
+    """The shipped systemd unit lets one process hold its connection cap."""
+
+    def test_limit_nofile(self) -> None:
+        """
+        LimitNOFILE is 65536: two descriptors per stream (client and upstream) at the
+        default --max-connections, with room to spare; systemd's default is 1024.
+        """
+        [limit] = unit_settings(SERVICE)["Service"]["LimitNOFILE"]
+        self.assertEqual(int(limit), 65536)
+        self.assertGreater(int(limit), 2 * DEFAULT_MAX_CONNECTIONS + 1024)

@@ -8,6 +8,7 @@ meanwhile.
 
 from __future__ import annotations
 
+import configparser
 import socket
 import ssl
 import threading
@@ -23,7 +24,9 @@ from hpack import Encoder
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 from twisted.internet import reactor
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from linkrouter.tls import default_alpn
 
 from .certs import PKI
 from .harness import Running, in_thread, start_router
@@ -268,3 +271,24 @@ class H2FloodTests(TestCase):
         self.assertEqual(await settle(running), 0)
         self.assertIsNone(goaway)
         self.assertGreaterEqual(running.logs.text().count("GET /health 200"), 1)
+
+
+class DefaultInstallTests(SynchronousTestCase):
+    """HTTP/2 is part of C{pip install .}, not an extra."""
+
+    def test_requirements(self) -> None:
+        """
+        install_requires carries Twisted's http2 extra and h2 (which ALPN's h2 offer
+        needs); the old C{http2} extra still resolves, as an alias.
+        """
+        setup = configparser.ConfigParser()
+        setup.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+        required = setup["options"]["install_requires"].split()
+        [twisted] = [r for r in required if r.startswith("twisted[")]
+        self.assertIn("http2", twisted.split("]")[0])
+        self.assertTrue(any(r.startswith("h2") for r in required))
+        self.assertIn("twisted[http2]", setup["options.extras_require"]["http2"])
+
+    def test_alpn_offers_h2(self) -> None:
+        """With the default install's packages, TLS listeners offer h2 first."""
+        self.assertEqual(default_alpn(), (b"h2", b"http/1.1"))
