@@ -150,6 +150,13 @@ class HeaderTimeoutTests(TestCase):
     async def test_default(self) -> None:
         """Without the option the limit is 20 s; the client's connection carries it."""
         running = await start_router(self)
+
+        def get() -> int:
+            with connect(_port(running.url)) as sock:
+                sock.sendall(HEALTH)
+                return status(read_response(sock))
+
+        self.assertEqual(await in_thread(get), 200)
         self.assertEqual(running.router.config.header_timeout, 20.0)
         site = running.service.sites[0]
         self.assertEqual(site.guard.header_timeout, 20.0)
@@ -202,6 +209,18 @@ class MaxConnectionsTests(TestCase):
     async def test_default(self) -> None:
         """Without the option the cap is 10000 connections per process."""
         running = await start_router(self)
+
+        def hold(count: int) -> list[int]:
+            socks = [connect(_port(running.url)) for _ in range(count)]
+            codes = []
+            for sock in socks:
+                sock.sendall(HEALTH)
+                codes.append(status(read_response(sock)))
+            for sock in socks:
+                sock.close()
+            return codes
+
+        self.assertEqual(await in_thread(hold, 20), [200] * 20)
         self.assertEqual(running.service.sites[0].guard.max_connections, 10000)
 
 
