@@ -67,13 +67,16 @@ class APIError(Exception):
 
 
 def short_reason(e: BaseException) -> str:
-    """A short, secret-free reason for a connection failure (the innermost one)."""
+    """
+    A short, secret-free reason for a connection failure (the innermost one), without a
+    final full stop: callers put it inside their own sentence.
+    """
     reasons = getattr(e, "reasons", None)
     if reasons:
         inner = reasons[0].value if isinstance(reasons[0], Failure) else reasons[0]
         return short_reason(inner)
     text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:200]
+    return text.splitlines()[0][:200].rstrip(". ") or type(e).__name__
 
 
 def _innermost(e: BaseException) -> BaseException:

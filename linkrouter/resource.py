@@ -39,6 +39,23 @@ from linkrouter.errors import (
 #: Seconds a refused upload may keep sending (discarded) before the connection is cut.
 LINGER_SECONDS = 10.0
 
+#: Standard reason phrases twisted.web's table (C{http.RESPONSES}) lacks: without them
+#: the status line would read "429 Unknown Status".
+REASON_PHRASES: Mapping[int, bytes] = {
+    421: b"Misdirected Request",
+    422: b"Unprocessable Content",
+    425: b"Too Early",
+    426: b"Upgrade Required",
+    428: b"Precondition Required",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    451: b"Unavailable For Legal Reasons",
+    506: b"Variant Also Negotiates",
+    508: b"Loop Detected",
+    511: b"Network Authentication Required",
+    529: b"Overloaded",
+}
+
 
 class PlainText(Resource):
     """A fixed plain-text answer to GET and HEAD, without auth."""
@@ -206,6 +223,12 @@ class RouterRequest(server.Request):
     _refusal: Refusal | None = None
     _answered = False
     _checked = False
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:  # noqa: N802
+        """As twisted.web's, with a standard phrase for codes its table lacks."""
+        if not message and code not in http.RESPONSES:
+            message = REASON_PHRASES.get(code)
+        super().setResponseCode(code, message)
 
     @property
     def _site(self) -> Any:
