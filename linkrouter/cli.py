@@ -4,10 +4,13 @@ The C{linkrouter} console script, for operators:
 
     linkrouter [options] tokens issue [--label L] [--ttl-hours N]
     linkrouter [options] tokens list | show ID | revoke ID
-    linkrouter [options] doctor
+    linkrouter [options] doctor [--online]
+    linkrouter --version
 
-It takes the daemon's options and environment, so it works on the same store and secret.
-A running daemon picks up a revocation made here within two seconds.
+It takes the daemon's options and environment (before or after the command), so it works
+on the same store and secret. It never creates either: only the daemon does, and a secret
+made up here would sign tokens the daemon refuses. A running daemon picks up a revocation
+made here within two seconds.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from twisted.python.failure import Failure
 
 from linkrouter.accounts import AccountPool, AccountUnavailable, build_accounts
 from linkrouter.admin import IssueRequest, TokenAdmin
-from linkrouter.config import Config, ConfigError, load_secrets
+from linkrouter.config import Config, ConfigError
 from linkrouter.credentials import claude_homes
 from linkrouter.errors import APIError
 from linkrouter.labels import escaped
+from linkrouter.state import STRONG_SECRET_LENGTH, find_secret, store_missing_message
 from linkrouter.store import (
     BlockingRunner,
     Database,
@@ -103,10 +107,12 @@ class DoctorOptions(usage.Options):
 class Options(DaemonOptions):
     """The daemon's options, plus the operator's commands."""
 
-    synopsis = "[options] tokens|doctor"
+    synopsis = "[options] tokens|doctor [options]"
     longdesc = (
         "Operate a linkrouter: issue, list, show and revoke router tokens, or check the "
-        "configuration. Takes the same options and environment as `twistd linkrouter`."
+        "configuration. Takes the same options and environment as `twistd linkrouter`; "
+        "they may come before or after the command. It reads the daemon's secrets and "
+        "store and never creates them: point it at the daemon's data directory."
     )
     subCommands = [
         ["tokens", None, TokensOptions, "Issue, list, show and revoke router tokens."],
@@ -130,9 +136,53 @@ def run_now(coroutine: Coroutine[Any, Any, Any]) -> Any:
     return results[0]
 
 
-def _admin(config: Config) -> tuple[TokenAdmin, Any]:
-    secrets = load_secrets(config)
-    database = Database(config.database)
+def _globals_first(argv: list[str]) -> list[str]:
+    """
+    Move the daemon's options given after a command (C{doctor --online --upstream X}) in
+    front of it, where the parser looks for them. A command's own options, and their
+    values, stay where they are; C{--version} is linkrouter's wherever it is.
+    """
+    parser: usage.Options = Options({})
+    top = own = _option_names(parser)
+    front: list[str] = []
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            rest += [arg, *args]
+            break
+        if not arg.startswith("-") or arg == "-":
+            commands = {c[0]: c[2] for c in getattr(parser, "subCommands", None) or []}
+            if arg in commands:
+                parser = commands[arg]()
+                own = _option_names(parser)
+                own.pop("version", None)
+            rest.append(arg)
+            continue
+        name = arg[2:].partition("=")[0] if arg.startswith("--") else arg[1]
+        names, target = (own, rest) if name in own else (top, front if name in top else rest)
+        target.append(arg)
+        attached = "=" in arg if arg.startswith("--") else len(arg) > 2
+        if names.get(name) and not attached:
+            value = next(args, None)
+            if value is not None:
+                target.append(value)
+    return front + rest
+
+
+def _option_names(options: usage.Options) -> dict[str, bool]:
+    """Every option name (long, and short as one letter) and whether it takes a value."""
+    names = {name.rstrip("="): name.endswith("=") for name in options.longOpt}
+    letters = options.shortOpt
+    for i, letter in enumerate(letters):
+        if letter != ":":
+            names[letter] = letters[i + 1:i + 2] == ":"
+    return names
+
+
+def _token_admin(config: Config) -> tuple[TokenAdmin, Any]:
+    secret, _ = find_secret(config, "token_secret")
+    database = _existing_store(config)
     try:
         prepare(database)
         connection = database.connect()
@@ -140,8 +190,16 @@ def _admin(config: Config) -> tuple[TokenAdmin, Any]:
         raise ConfigError("--database", str(e)) from None
     store = TokenStore(database.queries(), BlockingRunner(connection))
     clock = WallClock()
-    authority = TokenAuthority(secrets.token_secret.encode("utf-8"), clock)
+    authority = TokenAuthority(secret.encode("utf-8"), clock)
     return TokenAdmin(authority, store, RevocationCache(store), clock), connection
+
+
+def _existing_store(config: Config) -> Database:
+    """The daemon's store; an SQLite file that does not exist is not created here."""
+    database = Database(config.database)
+    if database.kind == "sqlite" and not database.sqlite_path.exists():
+        raise ConfigError("--database", store_missing_message(database.sqlite_path))
+    return database
 
 
 def _table(records: list[dict[str, Any]], out: TextIO) -> None:
@@ -157,7 +215,7 @@ def _table(records: list[dict[str, Any]], out: TextIO) -> None:
 
 
 def tokens(config: Config, options: usage.Options, out: TextIO) -> int:
-    admin, connection = _admin(config)
+    admin, connection = _token_admin(config)
     try:
         command, sub = options.subCommand, options.subOptions
         if command == "issue":
@@ -183,35 +241,62 @@ def _mode(path: os.PathLike[str] | str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def doctor(config: Config, out: TextIO, online: bool = False) -> int:
-    """Check what the daemon would need; print one line per check; 1 if any failed."""
-    problems = 0
+class _Report:
+    """C{doctor}'s output: one line per check (ok, warn or FAIL), counting failures."""
 
-    def report(ok: bool | None, what: str, detail: str) -> None:
-        nonlocal problems
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.failures = 0
+
+    def __call__(self, ok: bool | None, what: str, detail: str) -> None:
         mark = {True: "ok  ", False: "FAIL", None: "warn"}[ok]
-        problems += ok is False
-        out.write(f"{mark}  {what:<18} {detail}\n")
+        self.failures += ok is False
+        self.out.write(f"{mark}  {what:<18} {detail}\n")
 
-    try:
-        secrets = load_secrets(config)
+
+def _check_state(config: Config, report: _Report) -> None:
+    """The data directory, the two secrets and the store, as the daemon would find them."""
+    if config.data_dir.is_dir():
         report(True, "data dir", str(config.data_dir))
         if _mode(config.data_dir) & 0o077:
             report(None, "data dir mode", f"{oct(_mode(config.data_dir))}: others can read it")
-        for name, source in (("token secret", secrets.token_secret_source),
-                             ("admin key", secrets.admin_key_source)):
-            if os.path.exists(source):
-                loose = _mode(source) & 0o077
-                report(not loose, name, f"{source} ({oct(_mode(source))})")
-            else:
-                report(True, name, source)
-    except ConfigError as e:
-        report(False, "secrets", str(e))
+    else:
+        report(None, "data dir", f"{config.data_dir} does not exist (the daemon creates it "
+                                 "on its first start)")
+    for which in ("token_secret", "admin_key"):
+        _check_secret(config, which, report)
     try:
-        version, revoked = prepare(Database(config.database))
+        database = _existing_store(config)
+        _, revoked = prepare(database)
         report(True, "store", f"{redact_url(config.database)} ({len(revoked)} revoked)")
-    except StoreError as e:
+    except (ConfigError, StoreError) as e:
         report(False, "store", str(e))
+
+
+def _check_secret(config: Config, which: str, report: _Report) -> None:
+    what = which.replace("_", " ")
+    try:
+        value, source = find_secret(config, which)
+    except ConfigError as e:
+        report(False, what, str(e))
+        return
+    if os.path.exists(source):
+        mode = _mode(source)
+        if mode & 0o077:
+            report(False, what, f"{source} ({oct(mode)}): others can read it; chmod 600 it")
+            return
+        source = f"{source} ({oct(mode)})"
+    if len(value) < STRONG_SECRET_LENGTH:
+        report(None, what, f"{source}: only {len(value)} characters; use "
+                           f"{STRONG_SECRET_LENGTH} or more (or let the daemon generate it)")
+        return
+    report(True, what, source)
+
+
+def doctor(config: Config, out: TextIO, online: bool = False) -> int:
+    """Check what the daemon would need; print one line per check; 1 if any failed."""
+    report = _Report(out)
+    _check_state(config, report)
     accounts = build_accounts(
         config.upstream_api_key, config.oauth_token,
         claude_homes(config.claude_code_homes, WallClock(), maybeDeferred),
@@ -254,7 +339,7 @@ def doctor(config: Config, out: TextIO, online: bool = False) -> int:
         report(*_reachable(config.upstream))
     else:
         report(True, "upstream", f"{config.upstream} (not contacted; --online checks it)")
-    return 1 if problems else 0
+    return 1 if report.failures else 0
 
 
 def _reachable(url: str) -> tuple[bool, str, str]:
@@ -280,7 +365,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     out = out or sys.stdout
     options = Options(environ)
     try:
-        options.parseOptions(list(sys.argv[1:] if argv is None else argv))
+        options.parseOptions(_globals_first(list(sys.argv[1:] if argv is None else argv)))
     except usage.UsageError as e:
         sys.stderr.write(f"linkrouter: error: {e} (see linkrouter --help)\n")
         return 2

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_config -*-
 """
 Configuration: what the operator asked for (flags, then environment, then defaults),
-validated into one immutable L{Config}, and the state directory with its secrets.
+validated into one immutable L{Config}. (The data directory and the secrets in it are
+L{linkrouter.state}'s.)
 
 Everything here raises L{ConfigError}, which names the option at fault, so the daemon and
 the CLI can stop with one clear line.
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -198,11 +197,24 @@ def _default_listen(env: Mapping[str, str]) -> str:
     return f"tcp:port={port}:interface={host}:backlog=1024"
 
 
+def sqlite_file(url: str) -> Path:
+    """
+    The file a C{sqlite:} URL names. C{sqlite:///PATH} is the absolute path C{/PATH}, as
+    in a C{file:///} URL; SQLAlchemy's absolute form C{sqlite:////PATH} is the same file.
+    """
+    return Path("/" + url[len("sqlite:"):].lstrip("/"))
+
+
+def sqlite_url(path: Path) -> str:
+    """The URL for an SQLite file: C{sqlite:///} and the absolute path, as it is printed."""
+    return "sqlite://" + str(path.absolute())
+
+
 def _database(option: str, value: str) -> str:
     scheme = urlsplit(value).scheme
     if scheme == "sqlite":
-        if not value.startswith("sqlite:///") or len(value) <= len("sqlite:///"):
-            raise ConfigError(option, "use sqlite:///relative/path or sqlite:////absolute/path")
+        if not value.startswith("sqlite:///") or not value[len("sqlite:///"):].strip("/"):
+            raise ConfigError(option, f"{value!r}: use sqlite:///absolute/path/to/file.sqlite3")
         return value
     if scheme in ("postgresql", "postgres"):
         return value
@@ -247,8 +259,7 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
 
     database = _database(
         "--database",
-        _pick(raw, env, "database", "DATABASE_URL")
-        or f"sqlite:///{data_dir / 'linkrouter.sqlite3'}",
+        _pick(raw, env, "database", "DATABASE_URL") or sqlite_url(data_dir / "linkrouter.sqlite3"),
     )
 
     size_text = _pick(raw, env, "max_body_size", "LINKROUTER_MAX_BODY_SIZE")
@@ -359,89 +370,3 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         max_connections=_count(raw, env, "max_connections", "LINKROUTER_MAX_CONNECTIONS",
                                DEFAULT_MAX_CONNECTIONS),
     )
-
-
-@frozen
-class Secrets:
-    """The router's own secrets, and where each came from (a path or "command line")."""
-
-    token_secret: str = field(repr=False)
-    token_secret_source: str
-    admin_key: str = field(repr=False)
-    admin_key_source: str
-    generated: tuple[Path, ...] = ()
-
-
-def ensure_data_dir(config: Config) -> Path:
-    """Create the data directory (mode 0700) if it is missing."""
-    try:
-        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError("--data-dir", f"cannot create {config.data_dir}: {e.strerror}") from None
-    if not os.access(config.data_dir, os.W_OK | os.X_OK):
-        raise ConfigError("--data-dir", f"{config.data_dir} is not writable")
-    return config.data_dir
-
-
-def _read_secret(option: str, path: Path) -> str:
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = getattr(e, "strerror", None) or "not UTF-8 text"
-        raise ConfigError(option, f"cannot read {path}: {reason}") from None
-    if not value:
-        raise ConfigError(option, f"{path} is empty")
-    return value
-
-
-def _generate(path: Path, value: str) -> None:
-    """Write a new secret file with mode 0600, never replacing one that exists."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(value + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _secret(
-    option: str, value: str | None, file: Path | None, default: Path, make: str
-) -> tuple[str, str, bool]:
-    if value:
-        return value, f"{option} / environment", False
-    if file is not None:
-        return _read_secret(f"{option}-file", file), str(file), False
-    if default.exists():
-        return _read_secret(f"{option}-file", default), str(default), False
-    try:
-        _generate(default, make)
-    except FileExistsError:  # another process won the race: use its secret
-        return _read_secret(f"{option}-file", default), str(default), False
-    except OSError as e:
-        raise ConfigError(option, f"cannot create {default}: {e.strerror}") from None
-    return make, str(default), True
-
-
-def load_secrets(config: Config) -> Secrets:
-    """
-    The token secret and admin key: given values, then files, then the data directory's
-    own files, generated (0600) on first start.
-    """
-    data_dir = ensure_data_dir(config)
-    token_secret, token_source, token_new = _secret(
-        "--token-secret",
-        config.token_secret,
-        config.token_secret_file,
-        data_dir / "token-secret",
-        secrets.token_urlsafe(48),
-    )
-    admin_key, admin_source, admin_new = _secret(
-        "--admin-key",
-        config.admin_key,
-        config.admin_key_file,
-        data_dir / "admin-key",
-        "la_admin_" + secrets.token_urlsafe(32),
-    )
-    generated = tuple(
-        Path(p) for p, new in ((token_source, token_new), (admin_source, admin_new)) if new
-    )
-    return Secrets(token_secret, token_source, admin_key, admin_source, generated)

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from attrs import frozen
 
+from linkrouter.config import sqlite_file
 from linkrouter.errors import APIError
 
 
@@ -44,8 +45,13 @@ def _transient(e: BaseException) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """The database URL with any password (user:pw@ or ?password=) replaced."""
+    """
+    The database URL with any password (user:pw@ or ?password=) replaced; a URL with
+    none is returned exactly as given, so what is printed can be pasted back.
+    """
     parts = urlsplit(url)
+    if parts.password is None and "password=" not in parts.query.lower():
+        return url
     netloc = parts.netloc
     if parts.password is not None:
         netloc = netloc.replace(":" + parts.password + "@", ":***@")
@@ -76,7 +82,7 @@ class Database:
 
     @property
     def sqlite_path(self) -> Path:
-        return Path(self.url[len("sqlite:///") :])
+        return sqlite_file(self.url)
 
     @property
     def module(self) -> str:
@@ -90,10 +96,15 @@ class Database:
         return (self.url.replace("postgres://", "postgresql://", 1),), {"connect_timeout": seconds}
 
     def _prepare_file(self) -> None:
-        """Create the SQLite file with mode 0600 before SQLite creates it with 0644."""
+        """
+        Create the SQLite file with mode 0600 before SQLite creates it with 0644. Its
+        directory must exist: a mistyped path is refused rather than created.
+        """
         path = self.sqlite_path
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.is_dir():
+                problem = "is not a directory" if path.parent.exists() else "does not exist"
+                raise StoreError(f"cannot open {self.url}: {path.parent} {problem}")
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, stat.S_IRUSR | stat.S_IWUSR))
 
     def connect(self, timeout: float | None = None) -> Any:
@@ -117,6 +128,8 @@ class Database:
                               (str(int(timeout * 1000)),))
                 conn.commit()
             return conn
+        except StoreError:
+            raise
         except ImportError:
             raise StoreError(
                 "PostgreSQL support needs psycopg: pip install 'linkrouter[postgresql]'"

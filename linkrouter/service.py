@@ -37,7 +37,7 @@ from linkrouter.access import AccessLog
 from linkrouter.accounts import AccountPool, AccountWatch, build_accounts
 from linkrouter.admin import MetricsResource, TokenAdmin, admin_resources
 from linkrouter.adminguard import AdminGuard
-from linkrouter.config import Config, ConfigError, Secrets, load_secrets
+from linkrouter.config import Config, ConfigError
 from linkrouter.connections import ConnectionGuard
 from linkrouter.credentials import claude_homes
 from linkrouter.dialects import Aliases, Route, aws_style, bedrock_route, vertex_route
@@ -53,6 +53,7 @@ from linkrouter.proxy import Proxy, TokenGate, Upstream, messages_route
 from linkrouter.relay import Streams
 from linkrouter.resource import RouterSite, admin_tree, build_tree, metrics_tree
 from linkrouter.revocations import RevocationCache
+from linkrouter.state import Secrets, load_secrets
 from linkrouter.store import (
     Database,
     StoreError,

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from twisted.python import usage
 
+from linkrouter import __version__
 from linkrouter.config import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE,
@@ -196,6 +197,12 @@ class Options(usage.Options):
         default only messages, count_tokens and models]
         """
         self["allow_upstream"].append(rule)
+
+    def opt_version(self) -> NoReturn:
+        """Print linkrouter's version and exit."""
+        # setup.cfg's metadata version reads this same attribute.
+        sys.stdout.write(f"linkrouter {__version__}\n")
+        sys.exit(0)
 
     def postOptions(self) -> None:  # noqa: N802 - twisted API
         raw = {key.replace("-", "_"): value for key, value in self.items()}

@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import secrets
 import sqlite3
 import stat
+import subprocess
 import sys
 import time
 import uuid
@@ -27,7 +29,11 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import linkrouter
 from linkrouter import cli
+from linkrouter.config import resolve
+from linkrouter.state import load_secrets
+from linkrouter.store import Database, prepare
 from linkrouter.tokens import TokenAuthority, TokenError, isoformat
 
 from . import pg
@@ -96,10 +102,18 @@ class CLITestsMixin:
         self.environ = {
             "LINKROUTER_DATA_DIR": str(self.data_dir),
             "TOKEN_SECRET": self.secret,
+            "ADMIN_KEY": "cli-test-admin-key-" + secrets.token_hex(16),
             "CLAUDE_CODE_HOME": str(self.no_login),
             "HOME": str(self.base / "home"),
         }
         self.environ.update(self.database_environ())
+        self.daemon_started()
+
+    def daemon_started(self) -> None:
+        """Leave the data directory and store as the daemon's first start does."""
+        config = resolve({}, self.environ)
+        load_secrets(config)
+        prepare(Database(config.database))
 
     def cli(self, *argv: str) -> Outcome:
         return run_cli(self, list(argv), self.environ)  # type: ignore[arg-type]
@@ -369,14 +383,23 @@ class SQLiteCLITests(CLITestsMixin, SynchronousTestCase):
 
     def test_default_store_location(self) -> None:
         """
-        With no database option the store is C{linkrouter.sqlite3} in the data directory,
-        created readable by its owner only.
+        With no database option the store is the daemon's C{linkrouter.sqlite3} in the
+        data directory (readable by its owner only).
         """
-        self.assertFalse(self.sqlite_file.exists())
         issued = self.issue()
-        self.assertTrue(self.sqlite_file.exists())
         self.assertEqual(stat.S_IMODE(os.stat(self.sqlite_file).st_mode), 0o600)
         self.assertIn(issued["id"], self.stored())
+
+    def test_store_never_created(self) -> None:
+        """
+        Where the daemon never ran (no store file), C{tokens} commands fail naming the
+        store they looked for, and create nothing.
+        """
+        self.sqlite_file.unlink()
+        before = sorted(self.base.rglob("*"))
+        for argv in (["tokens", "issue", "--label", "x"], ["tokens", "list"]):
+            self.assertFailed(self.cli(*argv), str(self.sqlite_file), "--data-dir")
+        self.assertEqual(sorted(self.base.rglob("*")), before)
 
 
 class PostgreSQLCLITests(CLITestsMixin, SynchronousTestCase):
@@ -422,11 +445,267 @@ class PostgreSQLCLITests(CLITestsMixin, SynchronousTestCase):
         self.assertNotIn(PASSWORD, doctor.out + doctor.err)
 
 
+#: The checkout: the console script runs with it on C{PYTHONPATH}.
+REPO = Path(__file__).resolve().parent.parent
+#: Exactly what the C{linkrouter} console script runs.
+CONSOLE_SCRIPT = "import sys; from linkrouter.cli import main; sys.exit(main())"
+
+
+def run_process(argv: list[str], environ: dict[str, str], cwd: Path) -> Outcome:
+    """Run C{linkrouter ARGV} as a process with only C{environ} (and PATH, PYTHONPATH)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)}
+    env.update(environ)
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", CONSOLE_SCRIPT, *argv], cwd=cwd, env=env,
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    return Outcome(result.returncode, result.stdout, result.stderr)
+
+
+class WrongPlaceTests(SynchronousTestCase):
+    """
+    The console script pointed somewhere the daemon never ran (another C{HOME}, root on a
+    systemd host) generates no secret and creates no store: it says where it looked and
+    how to point it at the daemon's, and exits non-zero.
+    """
+
+    def setUp(self) -> None:
+        self.base = Path(self.mktemp()).resolve()
+        self.home = self.base / "home"
+        self.cwd = self.base / "cwd"
+        self.home.mkdir(parents=True)
+        self.cwd.mkdir()
+        self.data_dir = self.home / ".local" / "state" / "linkrouter"
+        self.environ = {"HOME": str(self.home), "CLAUDE_CODE_HOME": str(self.base / "none")}
+
+    def tree(self) -> list[Path]:
+        return sorted(self.base.rglob("*"))
+
+    def assertPointsAtDaemon(self, text: str) -> None:  # noqa: N802
+        for phrase in (str(self.data_dir), "--data-dir", "LINKROUTER_DATA_DIR",
+                       "/var/lib/linkrouter", "TOKEN_SECRET_FILE"):
+            self.assertIn(phrase, text)
+
+    def test_tokens_issue(self) -> None:
+        """
+        C{tokens issue} with no secret anywhere prints no token, says on one stderr line
+        which data directory it looked in and how to point it elsewhere, exits non-zero,
+        and leaves no file or directory behind.
+        """
+        outcome = run_process(["tokens", "issue", "--label", "x"], self.environ, self.cwd)
+        self.assertNotEqual(outcome.status, 0)
+        self.assertEqual(outcome.out, "")
+        self.assertNotIn("la_sk_", outcome.err)
+        lines = outcome.err.splitlines()
+        self.assertEqual(len(lines), 1, outcome.err)
+        self.assertTrue(lines[0].startswith("linkrouter: error: --token-secret"), lines[0])
+        self.assertPointsAtDaemon(lines[0])
+        self.assertEqual(self.tree(), [self.cwd, self.home])
+
+    def test_doctor(self) -> None:
+        """
+        C{doctor} there fails (exit 1) with a FAIL line for each missing secret that
+        says the same, and creates nothing.
+        """
+        outcome = run_process(["doctor"], self.environ, self.cwd)
+        self.assertEqual(outcome.status, 1, outcome.out + outcome.err)
+        failed = [line for line in outcome.out.splitlines() if line.startswith("FAIL")]
+        secret = [line for line in failed if "token secret" in line]
+        self.assertEqual(len(secret), 1, outcome.out)
+        self.assertPointsAtDaemon(secret[0])
+        self.assertEqual(len([line for line in failed if "admin key" in line]), 1, outcome.out)
+        store = [line for line in failed if line.split()[1:2] == ["store"]]
+        self.assertEqual(len(store), 1, outcome.out)
+        self.assertIn(str(self.data_dir / "linkrouter.sqlite3"), store[0])
+        self.assertEqual(self.tree(), [self.cwd, self.home])
+
+    def test_explicit_database_parents_not_created(self) -> None:
+        """
+        A mistyped C{--database} path (its directory does not exist) fails and creates
+        no directory; nothing is created in the working directory either.
+        """
+        self.environ["TOKEN_SECRET"] = "t" * 40
+        typo = self.base / "no-such-dir" / "linkrouter.sqlite3"
+        for url in (f"sqlite://{typo}", f"sqlite:///{typo}"):
+            outcome = run_process(["tokens", "list", "--database", url], self.environ,
+                                  self.cwd)
+            self.assertNotEqual(outcome.status, 0)
+            self.assertIn(str(typo), outcome.err)
+        self.assertEqual(self.tree(), [self.cwd, self.home])
+
+
+class OptionOrderTests(SynchronousTestCase):
+    """The daemon's options may come before or after the command."""
+
+    def setUp(self) -> None:
+        self.base = Path(self.mktemp()).resolve()
+        self.data_dir = self.base / "state"
+        self.secret_file = self.base / "token-secret"
+        self.environ = {"HOME": str(self.base / "home"),
+                        "CLAUDE_CODE_HOME": str(self.base / "none")}
+        config = resolve({"data_dir": str(self.data_dir)}, self.environ)
+        generated = load_secrets(config)
+        prepare(Database(config.database))
+        self.secret = generated.token_secret
+
+    def test_doctor_online_upstream(self) -> None:
+        """
+        C{doctor --online --upstream URL} (the global option after the command) is
+        accepted and checks that upstream.
+        """
+        outcome = run_cli(self, ["doctor", "--online", "--upstream", "http://127.0.0.1:1",
+                                 "--data-dir", str(self.data_dir)], self.environ)
+        self.assertNotIn("not recognized", outcome.err)
+        upstream = [line for line in outcome.out.splitlines()
+                    if line.split()[1:2] == ["upstream"]]
+        self.assertEqual(len(upstream), 1, outcome.out + outcome.err)
+        self.assertTrue(upstream[0].startswith("FAIL"), upstream[0])
+        self.assertIn("http://127.0.0.1:1", upstream[0])
+
+    def test_tokens_options_anywhere(self) -> None:
+        """
+        C{--data-dir} and C{--token-secret-file} work before the command, between
+        C{tokens} and C{issue}, and after the command's own options, with the same
+        result.
+        """
+        self.secret_file.write_text(self.secret + "\n")
+        where = ["--data-dir", str(self.data_dir), f"--token-secret-file={self.secret_file}"]
+        for argv in ([*where, "tokens", "issue", "--label", "a"],
+                     ["tokens", *where, "issue", "--label", "b"],
+                     ["tokens", "issue", "--label", "c", *where],
+                     ["tokens", "issue", *where, "--label", "d"]):
+            outcome = run_cli(self, argv, self.environ)
+            self.assertEqual(outcome.status, 0, f"{argv}: {outcome.err}")
+            authority(self.secret).verify(outcome.json()["token"])
+        listed = run_cli(self, ["tokens", "list", "--json", "--data-dir", str(self.data_dir),
+                                "--token-secret-file", str(self.secret_file)], self.environ)
+        self.assertEqual(sorted(r["label"] for r in listed.json()["tokens"]),
+                         ["a", "b", "c", "d"])
+
+    def test_command_option_still_its_own(self) -> None:
+        """A command's own option value that looks like a global option stays its value."""
+        outcome = run_cli(self, ["tokens", "issue", "--label", "--verbose",
+                                 "--data-dir", str(self.data_dir),
+                                 "--token-secret", self.secret], self.environ)
+        self.assertEqual(outcome.status, 0, outcome.err)
+        self.assertEqual(outcome.json()["label"], "--verbose")
+
+    def test_help_documents_order(self) -> None:
+        """C{--help} says the options may come after the command."""
+        outcome = run_process(["--help"], self.environ, self.base)
+        self.assertEqual(outcome.status, 0, outcome.err)
+        self.assertIn("before or after", " ".join(outcome.out.split()))
+
+
+class VersionTests(SynchronousTestCase):
+    """C{linkrouter --version} prints linkrouter's version, not Twisted's."""
+
+    def test_version(self) -> None:
+        """It prints C{linkrouter <version>} and exits 0, needing no configuration."""
+        base = Path(self.mktemp()).resolve()
+        base.mkdir()
+        outcome = run_process(["--version"], {"HOME": str(base)}, base)
+        self.assertEqual((outcome.status, outcome.out, outcome.err),
+                         (0, f"linkrouter {linkrouter.__version__}\n", ""))
+        self.assertEqual(list(base.iterdir()), [])
+
+    def test_version_matches_metadata(self) -> None:
+        """The version in setup.cfg's metadata is the package's C{__version__}."""
+        import configparser
+
+        parser = configparser.ConfigParser()
+        parser.read(REPO / "setup.cfg")
+        self.assertEqual(parser["metadata"]["version"], "attr: linkrouter.__version__")
+
+
+class SecretLengthTests(SynchronousTestCase):
+    """
+    A token secret or admin key under 16 characters is refused; C{doctor} flags one under
+    32 and says ok to 32 or more.
+    """
+
+    def setUp(self) -> None:
+        self.base = Path(self.mktemp()).resolve()
+        self.data_dir = self.base / "state"
+        self.environ = {"HOME": str(self.base / "home"),
+                        "LINKROUTER_DATA_DIR": str(self.data_dir),
+                        "CLAUDE_CODE_HOME": str(self.base / "none")}
+        config = resolve({}, self.environ)
+        load_secrets(config)
+        prepare(Database(config.database))
+
+    def secret_lines(self, outcome: Outcome) -> dict[str, str]:
+        return {name: line for line in outcome.out.splitlines()
+                for name in ("token secret", "admin key") if name in line}
+
+    def test_tokens_refuses_short_secret(self) -> None:
+        """C{TOKEN_SECRET=a}: C{tokens issue} refuses with one line and issues nothing."""
+        outcome = run_cli(self, ["tokens", "issue"], {**self.environ, "TOKEN_SECRET": "a"})
+        self.assertNotEqual(outcome.status, 0)
+        self.assertEqual(outcome.out, "")
+        self.assertIn("--token-secret", outcome.err)
+        self.assertIn("16", outcome.err)
+
+    def test_doctor_short(self) -> None:
+        """C{TOKEN_SECRET=a ADMIN_KEY=b}: C{doctor} fails on both, exit 1."""
+        outcome = run_cli(self, ["doctor"], {**self.environ, "TOKEN_SECRET": "a",
+                                             "ADMIN_KEY": "b"})
+        self.assertEqual(outcome.status, 1)
+        lines = self.secret_lines(outcome)
+        for name in ("token secret", "admin key"):
+            self.assertTrue(lines[name].startswith("FAIL"), outcome.out)
+            self.assertIn("16", lines[name])
+
+    def test_doctor_weak(self) -> None:
+        """Secrets of 16 to 31 characters get a warning line that says 32, not ok."""
+        outcome = run_cli(self, ["doctor"], {**self.environ, "TOKEN_SECRET": "t" * 20,
+                                             "ADMIN_KEY": "k" * 31})
+        lines = self.secret_lines(outcome)
+        for name in ("token secret", "admin key"):
+            self.assertTrue(lines[name].startswith("warn"), outcome.out)
+            self.assertIn("32", lines[name])
+        self.assertNotIn("t" * 20, outcome.out)
+
+    def test_doctor_generated_ok(self) -> None:
+        """The daemon's generated secrets are ok."""
+        outcome = run_cli(self, ["doctor"], self.environ)
+        lines = self.secret_lines(outcome)
+        for name in ("token secret", "admin key"):
+            self.assertTrue(lines[name].startswith("ok"), outcome.out)
+
+
 async def get_models(running: Any, token: str) -> tuple[int, bytes]:
     """C{GET /v1/models} through the router with C{x-api-key}; (status, body)."""
     response = await running.http.get(running.url + "/v1/models",
                                       headers={"x-api-key": token}, timeout=2)
     return response.code, await treq.content(response)
+
+
+class LoggedDatabaseURLTests(TestCase):
+    """The store URL the daemon logs is one the console script accepts back."""
+
+    timeout = 30
+
+    async def test_pasted_back(self) -> None:
+        """
+        The C{Token store ...} URL from the daemon's log, given to C{tokens list} as
+        C{--database} from another working directory, opens the daemon's store: the
+        token the daemon issued is listed.
+        """
+        running = await start_router(self)
+        issued = await running.issue("logged")
+        match = re.search(r"Token store (\S+)", running.logs.text())
+        assert match is not None, running.logs.text()
+        url = match.group(1)
+        elsewhere = Path(self.mktemp()).resolve()
+        elsewhere.mkdir()
+        environ = {"HOME": str(elsewhere), "CLAUDE_CODE_HOME": str(running.home),
+                   "TOKEN_SECRET": TOKEN_SECRET}
+        outcome = await deferToThread(run_process, ["tokens", "list", "--json",
+                                                    "--database", url], environ, elsewhere)
+        self.assertEqual(outcome.status, 0, f"{url}: {outcome.err}")
+        self.assertEqual([r["id"] for r in outcome.json()["tokens"]], [issued["id"]])
+        self.assertEqual(list(elsewhere.iterdir()), [])
 
 
 class DaemonRevocationTests(TestCase):

@@ -6,6 +6,7 @@ directory and its generated secrets are made.
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 from pathlib import Path
@@ -16,7 +17,9 @@ from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from linkrouter.config import Config, ConfigError, load_secrets, resolve
+from linkrouter.config import Config, ConfigError, resolve
+from linkrouter.state import MIN_SECRET_LENGTH, find_secret, load_secrets
+from linkrouter.store import Database, redact_url
 
 HOME = "/nonexistent/home/operator"
 MiB = 1024 * 1024
@@ -70,7 +73,7 @@ class DefaultsTests(SynchronousTestCase):
     def test_database(self) -> None:
         """The store is an SQLite file in the data directory."""
         path = Path(HOME, ".local", "state", "linkrouter", "linkrouter.sqlite3")
-        self.assertEqual(self.config.database, f"sqlite:///{path}")
+        self.assertEqual(self.config.database, f"sqlite://{path}")
 
     def test_secrets_unset(self) -> None:
         """No secret or secret file is configured: they will be generated."""
@@ -141,7 +144,7 @@ class DataDirTests(SynchronousTestCase):
     def test_database_follows_data_dir(self) -> None:
         """The default database lives in whichever data directory applies."""
         cfg = config({"LINKROUTER_DATA_DIR": "/srv/router"})
-        self.assertEqual(cfg.database, "sqlite:////srv/router/linkrouter.sqlite3")
+        self.assertEqual(cfg.database, "sqlite:///srv/router/linkrouter.sqlite3")
 
 
 class EnvironmentTests(SynchronousTestCase):
@@ -465,8 +468,10 @@ class LoadSecretsTests(SynchronousTestCase):
 
     def test_values_given(self) -> None:
         """Secrets given as values are used; no file is written for them."""
-        loaded = load_secrets(self.config(token_secret="given-secret", admin_key="given-key"))
-        self.assertEqual((loaded.token_secret, loaded.admin_key), ("given-secret", "given-key"))
+        loaded = load_secrets(self.config(token_secret="given-secret-16ch",
+                                          admin_key="given-admin-key-17"))
+        self.assertEqual((loaded.token_secret, loaded.admin_key),
+                         ("given-secret-16ch", "given-admin-key-17"))
         self.assertEqual(loaded.generated, ())
         self.assertFalse((self.data_dir / "token-secret").exists())
         self.assertFalse((self.data_dir / "admin-key").exists())
@@ -525,6 +530,174 @@ class LoadSecretsTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, load_secrets, self.config())
         self.assertEqual(error.option, "--data-dir")
         self.assertIn(str(self.data_dir), str(error))
+
+
+def decoded_length(text: str) -> int:
+    """How many random bytes a C{secrets.token_urlsafe} string carries."""
+    return len(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+
+
+class SecretStrengthTests(SynchronousTestCase):
+    """Generated secrets are strong; supplied ones shorter than 16 characters are refused."""
+
+    def setUp(self) -> None:
+        self.base = Path(self.mktemp()).resolve()
+        self.base.mkdir()
+        self.data_dir = self.base / "state"
+
+    def config(self, env: dict[str, str] | None = None, **flags: Any) -> Config:
+        return config({"HOME": str(self.base), **(env or {})}, data_dir=str(self.data_dir),
+                      **flags)
+
+    def test_generated_are_32_random_bytes(self) -> None:
+        """The generated token secret and admin key each carry 32 random bytes."""
+        loaded = load_secrets(self.config())
+        self.assertEqual(decoded_length(loaded.token_secret), 32)
+        self.assertTrue(loaded.admin_key.startswith("la_admin_"))
+        self.assertEqual(decoded_length(loaded.admin_key[len("la_admin_"):]), 32)
+
+    def assertTooShort(self, option: str, value: str, cfg: Config) -> None:  # noqa: N802
+        error = self.assertRaises(ConfigError, load_secrets, cfg)
+        self.assertTrue(str(error).startswith(option), str(error))
+        self.assertIn(str(MIN_SECRET_LENGTH), str(error))
+        self.assertNotIn(value, str(error).split(":", 1)[1])
+        self.assertNotIn("\n", str(error))
+
+    def test_short_values_refused(self) -> None:
+        """
+        A token secret or admin key under 16 characters, given as a flag, a variable or
+        a file, stops start-up with one line naming the option and never the value.
+        """
+        short = "a" * (MIN_SECRET_LENGTH - 1)
+        strong = "s" * 40
+        self.assertTooShort("--token-secret", short,
+                            self.config(token_secret=short, admin_key=strong))
+        self.assertTooShort("--token-secret", short,
+                            self.config({"TOKEN_SECRET": short, "ADMIN_KEY": strong}))
+        self.assertTooShort("--admin-key", "b", self.config({"TOKEN_SECRET": strong,
+                                                             "ADMIN_KEY": "b"}))
+        short_file = self.base / "short"
+        short_file.write_text(short + "\n")
+        self.assertTooShort("--admin-key-file", short,
+                            self.config(token_secret=strong, admin_key_file=str(short_file)))
+
+    def test_short_file_in_data_dir_refused(self) -> None:
+        """A short secret an operator wrote into the data directory is refused too."""
+        self.data_dir.mkdir()
+        (self.data_dir / "token-secret").write_text("tiny\n")
+        self.assertTooShort("--token-secret-file", "tiny", self.config(admin_key="k" * 40))
+
+    def test_sixteen_accepted(self) -> None:
+        """Sixteen characters is enough to start."""
+        value = "x" * MIN_SECRET_LENGTH
+        loaded = load_secrets(self.config(token_secret=value, admin_key=value + "y"))
+        self.assertEqual((loaded.token_secret, loaded.admin_key), (value, value + "y"))
+
+
+class FindSecretTests(SynchronousTestCase):
+    """
+    L{find_secret} is how the CLI finds the daemon's secrets: it reads them and never
+    creates anything; when one is missing it says where it looked and how to point it at
+    the daemon's.
+    """
+
+    def setUp(self) -> None:
+        self.base = Path(self.mktemp()).resolve()
+        self.base.mkdir()
+        self.data_dir = self.base / "elsewhere" / "state"
+
+    def config(self, **flags: Any) -> Config:
+        return config({"HOME": str(self.base)}, data_dir=str(self.data_dir), **flags)
+
+    def files(self) -> list[Path]:
+        return sorted(self.base.rglob("*"))
+
+    def test_missing_says_where_and_how(self) -> None:
+        """
+        With no secret anywhere, each lookup fails with one line naming the data directory
+        it looked in and the ways to point at the daemon's, and creates nothing.
+        """
+        for which, option, variable in (("token_secret", "--token-secret", "TOKEN_SECRET_FILE"),
+                                        ("admin_key", "--admin-key", "ADMIN_KEY_FILE")):
+            error = self.assertRaises(ConfigError, find_secret, self.config(), which)
+            text = str(error)
+            self.assertTrue(text.startswith(option + ":"), text)
+            for phrase in (str(self.data_dir), "--data-dir", "LINKROUTER_DATA_DIR",
+                           "/var/lib/linkrouter", variable):
+                self.assertIn(phrase, text)
+            self.assertNotIn("\n", text)
+        self.assertEqual(self.files(), [])
+
+    def test_found_in_data_dir(self) -> None:
+        """The daemon's generated files are found, with their paths as the source."""
+        generated = load_secrets(self.config())
+        self.assertEqual(find_secret(self.config(), "token_secret"),
+                         (generated.token_secret, str(self.data_dir / "token-secret")))
+        self.assertEqual(find_secret(self.config(), "admin_key"),
+                         (generated.admin_key, str(self.data_dir / "admin-key")))
+
+    def test_given_value(self) -> None:
+        """A value given as a flag is used as it is."""
+        value = "v" * 40
+        self.assertEqual(find_secret(self.config(token_secret=value), "token_secret")[0], value)
+        self.assertEqual(self.files(), [])
+
+    def test_short_refused(self) -> None:
+        """The CLI refuses a short secret as the daemon does."""
+        error = self.assertRaises(ConfigError, find_secret, self.config(token_secret="a"),
+                                  "token_secret")
+        self.assertIn(str(MIN_SECRET_LENGTH), str(error))
+
+
+class DatabaseURLTests(SynchronousTestCase):
+    """
+    One SQLite URL form: C{sqlite:///PATH} names the absolute path C{/PATH} (as a
+    C{file:///} URL does); C{sqlite:////PATH} (SQLAlchemy's absolute form) means the same.
+    What the daemon prints is accepted back.
+    """
+
+    def file(self, url: str) -> Path:
+        return Database(config(database=url).database).sqlite_path
+
+    def test_three_slashes_absolute(self) -> None:
+        """C{sqlite:///srv/t.db} is C{/srv/t.db}, not C{srv/t.db} below the working directory."""
+        self.assertEqual(self.file("sqlite:///srv/t.db"), Path("/srv/t.db"))
+
+    def test_four_slashes_absolute(self) -> None:
+        """C{sqlite:////srv/t.db} is the same file."""
+        self.assertEqual(self.file("sqlite:////srv/t.db"), Path("/srv/t.db"))
+
+    def test_default_printed_form(self) -> None:
+        """
+        The default store URL is C{sqlite:///} followed by the data directory's absolute
+        path, and it names the file in that directory.
+        """
+        cfg = config(data_dir="/srv/router")
+        self.assertEqual(cfg.database, "sqlite:///srv/router/linkrouter.sqlite3")
+        self.assertEqual(Database(cfg.database).sqlite_path,
+                         Path("/srv/router/linkrouter.sqlite3"))
+
+    def test_relative_data_dir(self) -> None:
+        """A relative data directory still gives an absolute store path."""
+        cfg = config(data_dir="some/relative/state")
+        self.assertEqual(Database(cfg.database).sqlite_path,
+                         Path.cwd() / "some/relative/state/linkrouter.sqlite3")
+
+    def test_logged_form_round_trips(self) -> None:
+        """
+        The store URL as the daemon logs it and C{doctor} prints it
+        (L{redact_url}) is accepted back as C{--database} and names the same file.
+        """
+        for cfg in (config(data_dir="/srv/router"), config(database="sqlite:////srv/t.db"),
+                    config(database="sqlite:///srv/t.db")):
+            printed = redact_url(cfg.database)
+            self.assertEqual(self.file(printed), Database(cfg.database).sqlite_path, printed)
+
+    def test_host_refused(self) -> None:
+        """C{sqlite://host/path} (two slashes: a host) is refused with the right form."""
+        error = self.assertRaises(ConfigError, config, database="sqlite://tmp/t.db")
+        self.assertEqual(error.option, "--database")
+        self.assertIn("sqlite:///", str(error))
 
 
 class SystemdCredentialTests(SynchronousTestCase):

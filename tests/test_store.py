@@ -84,6 +84,7 @@ class SQLiteBackend(_Backend):
 
     def new_database(self) -> Database:
         path = Path(self.mktemp()).resolve() / "store" / "linkrouter.sqlite3"
+        path.parent.mkdir(parents=True)  # the store never creates directories
         return Database(f"sqlite:///{path}")
 
     def query(self, database: Database, statement: str) -> list[tuple[Any, ...]]:

@@ -7,6 +7,7 @@ C{twistd -ny linkrouter.tac} run as real processes on loopback.
 
 from __future__ import annotations
 
+import fnmatch
 import http.client
 import os
 import signal
@@ -277,6 +278,18 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertTrue((self.base / "store.sqlite3").exists())
 
 
+class CheckoutTests(SynchronousTestCase):
+    """What running from a checkout leaves behind is ignored by git."""
+
+    def test_twistd_files_ignored(self) -> None:
+        """C{twistd.pid} and C{twistd.log}, which twistd writes in its working directory,
+        match a pattern in C{.gitignore}."""
+        patterns = [line.strip() for line in (REPO / ".gitignore").read_text().splitlines()
+                    if line.strip() and not line.startswith("#")]
+        for name in ("twistd.pid", "twistd.log"):
+            self.assertTrue(any(fnmatch.fnmatch(name, p.lstrip("/")) for p in patterns), name)
+
+
 class PluginTests(SynchronousTestCase):
     """twistd finds C{linkrouter} through the plugin file in the checkout."""
 
@@ -420,6 +433,38 @@ class TwistdTests(SynchronousTestCase):
         blocker = self.base / "a-file"
         blocker.write_text("")
         self.assertOneLine("--database", f"--database=sqlite:///{blocker / 'x.sqlite3'}")
+
+    def test_database_parents_never_created(self) -> None:
+        """
+        An explicit C{--database} in a directory that does not exist (a typo) stops
+        start-up with one line naming --database and that directory, in either absolute
+        form, and creates no directory (nor anything in the working directory).
+        """
+        typo = self.base / "no-such-dir" / "linkrouter.sqlite3"
+        for url in (f"sqlite://{typo}", f"sqlite:///{typo}"):
+            line = self.assertOneLine("--database", f"--database={url}")
+            self.assertIn(str(typo.parent), line)
+        self.assertFalse(typo.parent.exists())
+        self.assertEqual(list(self.cwd.iterdir()), [])
+
+    def test_short_secret(self) -> None:
+        """C{TOKEN_SECRET=a}: one line naming --token-secret and the 16-character minimum."""
+        line = self.assertOneLine("--token-secret", env=self.environment({"TOKEN_SECRET": "a"}))
+        self.assertIn("16", line)
+
+    def test_short_admin_key(self) -> None:
+        """C{ADMIN_KEY=b}: one line naming --admin-key."""
+        line = self.assertOneLine("--admin-key", env=self.environment({"ADMIN_KEY": "b"}))
+        self.assertIn("16", line)
+
+    def test_version(self) -> None:
+        """C{twistd -n linkrouter --version} prints linkrouter's version, not Twisted's."""
+        import linkrouter
+
+        result = self.twistd("-n", "linkrouter", "--version")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, f"linkrouter {linkrouter.__version__}\n")
+        self.assertFalse((self.home / ".local").exists())
 
     def test_missing_secret_file(self) -> None:
         """A missing C{--token-secret-file} stops start-up with one line naming it."""
