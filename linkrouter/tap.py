@@ -59,12 +59,12 @@ class Options(usage.Options):
          "State directory: secrets and the SQLite store. [env: LINKROUTER_DATA_DIR; default "
          "$STATE_DIRECTORY, else $XDG_STATE_HOME/linkrouter, else ~/.local/state/linkrouter]"],
         ["token-secret", None, None,
-         "HMAC secret that signs router tokens (prefer --token-secret-file). "
-         "[env: TOKEN_SECRET; default: generated <data-dir>/token-secret]"],
+         "HMAC secret that signs router tokens (prefer --token-secret-file), at least 16 "
+         "characters. [env: TOKEN_SECRET; default: generated <data-dir>/token-secret]"],
         ["token-secret-file", None, None,
          "File holding the token secret. [env: TOKEN_SECRET_FILE]"],
         ["admin-key", None, None,
-         "Bearer key for the admin API (prefer --admin-key-file). "
+         "Bearer key for the admin API (prefer --admin-key-file), at least 16 characters. "
          "[env: ADMIN_KEY; default: generated <data-dir>/admin-key]"],
         ["admin-key-file", None, None, "File holding the admin key. [env: ADMIN_KEY_FILE]"],
         ["oauth-token", None, None,
@@ -81,7 +81,8 @@ class Options(usage.Options):
          "Dialects to serve, comma-separated: anthropic,bedrock,vertex. "
          "[env: UPSTREAM_API_FORMAT; default all three]"],
         ["database", None, None,
-         "Token store: sqlite:///path or postgresql://... [env: DATABASE_URL; default "
+         "Token store: sqlite:///absolute/path (sqlite:////absolute/path too; its directory "
+         "must exist) or postgresql://... [env: DATABASE_URL; default "
          "sqlite:///<data-dir>/linkrouter.sqlite3]"],
         ["max-body-size", None, None,
          f"Largest request body accepted, bytes or e.g. 32MiB. [env: LINKROUTER_MAX_BODY_SIZE; "
