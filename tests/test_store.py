@@ -426,7 +426,7 @@ class StoreTestsMixin(_Backend):
         from linkrouter.store import _MIGRATIONS
 
         if self.database.kind == "sqlite":
-            self.database.sqlite_path.parent.mkdir(parents=True)
+            self.database.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         self.query(self.database, "CREATE TABLE schema_version (version INTEGER NOT NULL)")
         for statement in _MIGRATIONS[0][1]:
             self.query(self.database, statement)
