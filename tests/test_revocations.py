@@ -29,6 +29,7 @@ NOW = 1_767_225_600
 class RevocationCacheTests(SynchronousTestCase):
     def setUp(self) -> None:
         path = Path(self.mktemp()).resolve() / "linkrouter.sqlite3"
+        path.parent.mkdir()  # the store never creates directories
         self.database = Database(f"sqlite:///{path}")
         prepare(self.database)
         connection = self.database.connect()
