@@ -9,6 +9,7 @@ meanwhile.
 from __future__ import annotations
 
 import configparser
+import select
 import socket
 import ssl
 import threading
@@ -53,16 +54,29 @@ class H2Client:
         self.goaway: tuple[int, float] | None = None
         self.closed_at: float | None = None
         self._buffer = b""
+        # One TLS connection must not be read and written by two threads at once.
+        self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         """Note the first GOAWAY's error code and when the server closed the connection."""
+        deadline = time.monotonic() + 20
         while True:
             try:
-                data = self.sock.recv(65536)
-            except (TimeoutError, ssl.SSLError, OSError):
+                ready = self.sock.pending() or select.select([self.sock], [], [], 0.02)[0]
+            except (ValueError, OSError):  # closed by the test
+                ready, deadline = True, 0.0
+            if time.monotonic() > deadline:
                 data = b""
+            elif not ready:
+                continue
+            else:
+                with self._lock:
+                    try:
+                        data = self.sock.recv(65536)
+                    except (TimeoutError, ssl.SSLError, OSError):
+                        data = b""
             if not data:
                 self.closed_at = time.monotonic()
                 return
@@ -78,10 +92,11 @@ class H2Client:
 
     def send(self, data: bytes) -> bool:
         """Write; C{False} once the server has closed the connection."""
-        try:
-            self.sock.sendall(data)
-        except (OSError, ssl.SSLError):
-            return False
+        with self._lock:
+            try:
+                self.sock.sendall(data)
+            except (OSError, ssl.SSLError):
+                return False
         return True
 
     def wait_closed(self, seconds: float) -> None:
@@ -148,16 +163,16 @@ async def settle(running: Running) -> int:
     return guard.open
 
 
-class H2FloodTests(TestCase):
-    """Floods end their own connection quickly; others are served."""
+class H2Case(TestCase):
+    """A router with a TLS listener, and a sampler of what it buffers."""
 
     timeout = 60
 
-    async def start(self) -> tuple[Running, int, Path]:
+    async def start(self, **flags: str) -> tuple[Running, int, Path]:
         pki = PKI.create()
         files = pki.write(Path(self.mktemp()), pki.leaf())
         running = await start_router(self, tls_cert=str(files.cert), tls_key=str(files.key),
-                                     tls_chain=str(files.chain), tls_port="0")
+                                     tls_chain=str(files.chain), tls_port="0", **flags)
         [tls] = [await listener._waitingForPort
                  for listener in running.service.other_listeners]
         return running, tls.getHost().port, files.root
@@ -170,6 +185,10 @@ class H2FloodTests(TestCase):
         loop.start(0.005)
         self.addCleanup(loop.stop)
         return seen
+
+
+class H2FloodTests(H2Case):
+    """Floods end their own connection quickly; others are served."""
 
     async def test_continuation_flood(self) -> None:
         """
@@ -225,7 +244,7 @@ class H2FloodTests(TestCase):
 
         goaway, closed = await in_thread(big)
         self.assertEqual(await settle(running), 0)
-        self.assertIsNotNone(goaway)
+        self.assertIsNotNone(goaway, (closed, running.logs.text()[-1500:]))
         self.assertEqual(goaway[0], h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
         self.assertIsNotNone(closed)
         self.assertNotIn("GET /health 200", running.logs.text())
@@ -271,6 +290,56 @@ class H2FloodTests(TestCase):
         self.assertEqual(await settle(running), 0)
         self.assertIsNone(goaway)
         self.assertGreaterEqual(running.logs.text().count("GET /health 200"), 1)
+
+
+class H2LimitTests(H2Case):
+    """The header timeout and the connection cap over HTTP/2."""
+
+    async def test_header_block_timeout(self) -> None:
+        """
+        A header block left unfinished (HEADERS without END_HEADERS, then silence) gets
+        GOAWAY ENHANCE_YOUR_CALM about --header-timeout after it began, and is closed.
+        """
+        running, port, root = await self.start(header_timeout="1")
+
+        def stall() -> tuple[Any, Any, float]:
+            client = H2Client(port, root)
+            started = time.monotonic()
+            client.send(HeadersFrame(1, data=Encoder().encode(HEADERS)).serialize())
+            client.wait_closed(6)
+            client.close()
+            return client.goaway, client.closed_at, started
+
+        goaway, closed, started = await in_thread(stall)
+        self.assertEqual(await settle(running), 0)
+        self.assertIsNotNone(goaway)
+        self.assertEqual(goaway[0], h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        self.assertGreater(goaway[1] - started, 0.8)
+        self.assertLess(goaway[1] - started, 2.5)
+        self.assertIsNotNone(closed)
+
+    async def test_over_the_cap(self) -> None:
+        """
+        With --max-connections 1 and one HTTP/1.1 connection open, an HTTP/2 client
+        gets a GOAWAY REFUSED_STREAM (no stream processed) and a closed connection.
+        """
+        running, port, root = await self.start(max_connections="1")
+        plain = int(running.url.rsplit(":", 1)[1])
+
+        def refused() -> tuple[Any, Any]:
+            with socket.create_connection(("127.0.0.1", plain), timeout=5) as held:
+                held.sendall(b"GET /health HTTP/1.1\r\nHost: router\r\n\r\n")
+                assert held.recv(65536).startswith(b"HTTP/1.1 200")
+                client = H2Client(port, root)
+                client.wait_closed(5)
+                client.close()
+            return client.goaway, client.closed_at
+
+        goaway, closed = await in_thread(refused)
+        self.assertEqual(await settle(running), 0)
+        self.assertIsNotNone(goaway)
+        self.assertEqual(goaway[0], h2.errors.ErrorCodes.REFUSED_STREAM)
+        self.assertIsNotNone(closed)
 
 
 class DefaultInstallTests(SynchronousTestCase):
