@@ -22,7 +22,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from linkrouter.adminguard import AdminGuard
-from linkrouter.errors import APIError, ErrorStyle, anthropic_style, render_json
+from linkrouter.errors import APIError, Dialect, anthropic_style, render_json
 from linkrouter.labels import MAX_LABEL_LENGTH, label_problem  # noqa: F401 - re-exported
 from linkrouter.store import RevocationCache, TokenRecord, TokenStore
 from linkrouter.tokens import TokenAuthority, isoformat
@@ -145,7 +145,7 @@ def _token_id(text: str) -> str:
         raise APIError(404, "No such token: token ids are UUIDs.", "not_found_error") from None
 
 
-def _refused_early(guard: AdminGuard, request: IRequest) -> tuple[APIError, ErrorStyle] | None:
+def _refused_early(guard: AdminGuard, request: IRequest) -> tuple[APIError, Dialect] | None:
     """The guard's refusal of C{request} (made with its headers only), or C{None}."""
     try:
         guard.check(request)
@@ -154,7 +154,7 @@ def _refused_early(guard: AdminGuard, request: IRequest) -> tuple[APIError, Erro
     return None
 
 
-def _keeping_retry_after(request: IRequest) -> ErrorStyle:
+def _keeping_retry_after(request: IRequest) -> Dialect:
     """Anthropic's error shape, with the C{retry-after} the guard set on C{request}."""
 
     def style(error: APIError, headers: Headers) -> bytes:
@@ -163,7 +163,7 @@ def _keeping_retry_after(request: IRequest) -> ErrorStyle:
             headers.setRawHeaders(b"retry-after", retry)
         return anthropic_style(error, headers)
 
-    return style
+    return Dialect("admin", style)
 
 
 class _AdminResource(Resource):
@@ -175,7 +175,7 @@ class _AdminResource(Resource):
         super().__init__()
         self._guard = guard
 
-    def refuse_early(self, request: IRequest) -> tuple[APIError, ErrorStyle] | None:
+    def refuse_early(self, request: IRequest) -> tuple[APIError, Dialect] | None:
         """A missing or wrong admin key is refused before the body is read."""
         return _refused_early(self._guard, request)
 
@@ -266,7 +266,7 @@ class MetricsResource(Resource):
         self._metrics = metrics
         self._guard = guard
 
-    def refuse_early(self, request: IRequest) -> tuple[APIError, ErrorStyle] | None:
+    def refuse_early(self, request: IRequest) -> tuple[APIError, Dialect] | None:
         """Behind the admin key, a missing or wrong key is refused before any body."""
         return _refused_early(self._guard, request) if self._guard is not None else None
 

@@ -3,15 +3,17 @@
 Answers given as soon as a request's headers have arrived, before any of its body is read.
 
 A resource in the tree may offer C{refuse_early(request)}: called with the headers only
-(no body yet), it returns the refusal (an L{APIError} and how to write it) or C{None}.
-The token gate refuses a request without a valid, unrevoked router token this way, so a
-stranger's upload is never spooled; a JSON error leaf (an unknown route, a dialect not
-served) refuses everything.
+(no body yet), it returns the refusal (an L{APIError} and the dialect to write it in) or
+C{None}. The token gate refuses a request without a valid, unrevoked router token this
+way, so a stranger's upload is never spooled; a JSON error leaf (an unknown route, a
+dialect not served) refuses everything. A resource's C{dialect} attribute says how the
+router's other early answers (a body over the limit) are written on its route.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.web import http
 from twisted.web.http_headers import Headers
@@ -19,16 +21,15 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, getChildForRequest
 
 from linkrouter.access import REQUEST_ID_HEADER
-from linkrouter.errors import APIError, ErrorResource, ErrorStyle, anthropic_style
+from linkrouter.errors import MESSAGES, APIError, Dialect
 
-#: An early answer: the error and the dialect's way of writing it.
-Refusal = tuple[APIError, ErrorStyle]
+#: An early answer: the error and the dialect to write it in.
+Refusal = tuple[APIError, Dialect]
 
 
-def early_refusal(root: IResource, request: Any, method: bytes, uri: bytes) -> Refusal | None:
+def leaf_for(root: IResource, request: Any, method: bytes, uri: bytes) -> IResource:
     """
-    Walk C{root} for C{method} and C{uri} as twisted.web will once the body is in, and
-    ask the resource found whether it refuses the request now.
+    Walk C{root} for C{method} and C{uri} as twisted.web will once the body is in.
 
     Sets C{method}, C{uri}, C{path}, C{prepath} and C{postpath} on C{request} as the walk
     needs them; twisted.web sets them again before rendering.
@@ -36,11 +37,23 @@ def early_refusal(root: IResource, request: Any, method: bytes, uri: bytes) -> R
     request.method, request.uri = method, uri
     request.path = uri.split(b"?", 1)[0]
     request.prepath = []
-    request.postpath = list(map(http.unquote, request.path[1:].split(b"/")))
-    leaf = getChildForRequest(root, request)
-    if isinstance(leaf, ErrorResource):
-        return leaf.error, anthropic_style
-    check = getattr(leaf, "refuse_early", None)
+    request.postpath = list(map(unquote_to_bytes, request.path[1:].split(b"/")))
+    leaf: IResource = getChildForRequest(root, request)
+    return leaf
+
+
+def dialect_of(leaf: IResource) -> Dialect:
+    """The dialect of the route C{leaf} serves (Messages unless it names one)."""
+    dialect = getattr(leaf, "dialect", None)
+    return dialect if isinstance(dialect, Dialect) else MESSAGES
+
+
+def early_refusal(root: IResource, request: Any, method: bytes, uri: bytes) -> Refusal | None:
+    """
+    Walk C{root} for C{method} and C{uri} (L{leaf_for}) and ask the resource found
+    whether it refuses the request now.
+    """
+    check = getattr(leaf_for(root, request, method, uri), "refuse_early", None)
     if check is None:
         return None
     found: Refusal | None = check(request)
@@ -49,9 +62,9 @@ def early_refusal(root: IResource, request: Any, method: bytes, uri: bytes) -> R
 
 def raw_answer(refusal: Refusal, request: IRequest, request_id: str) -> bytes:
     """A whole HTTP/1.1 response for C{refusal}, ending with C{connection: close}."""
-    error, style = refusal
+    error, dialect = refusal
     headers = Headers()
-    body = style(error, headers)
+    body = dialect.style(error, headers)
     phrase = http.RESPONSES.get(error.status, b"Error")
     lines = [b"HTTP/1.1 %d %s" % (error.status, phrase)]
     for name, values in headers.getAllRawHeaders():

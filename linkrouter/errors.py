@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_errors -*-
 """
-Errors in the shape the Anthropic API uses, so every client SDK can parse them.
+The router's own errors, written in the shape its client's dialect parses: Anthropic's
+by default (below); a route's L{Dialect} names another (Bedrock's AWS shape), and
+L{write_error} is the one place any route writes one.
 
     {"type": "error", "error": {"type": "authentication_error", "message": "..."}}
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from typing import Any, cast
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -22,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 _log = Logger(namespace="linkrouter")
 
@@ -74,7 +76,8 @@ def short_reason(e: BaseException) -> str:
     reasons = getattr(e, "reasons", None)
     if reasons:
         inner = reasons[0].value if isinstance(reasons[0], Failure) else reasons[0]
-        return short_reason(inner)
+        if isinstance(inner, BaseException):
+            return short_reason(inner)
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0][:200].rstrip(". ") or type(e).__name__
 
@@ -137,7 +140,7 @@ def without_paths(text: str, known: Iterable[str] = ()) -> str:
 
 
 def render_json(request: IRequest, answer: Coroutine[Any, Any, Any], fallback: APIError,
-                style: ErrorStyle | None = None) -> int:
+                dialect: Dialect | None = None) -> int:
     """
     Answer C{request} with the JSON C{answer} produces, or with its L{APIError}, or
     (logging it) C{fallback} for anything else; nothing once the client has gone.
@@ -145,7 +148,7 @@ def render_json(request: IRequest, answer: Coroutine[Any, Any, Any], fallback: A
     """
     d = Deferred.fromCoroutine(answer)
     gone: list[Failure] = []
-    request.notifyFinish().addErrback(gone.append)
+    cast(Request, request).notifyFinish().addErrback(gone.append)
 
     def answered(body: Any) -> None:
         if gone:
@@ -160,12 +163,12 @@ def render_json(request: IRequest, answer: Coroutine[Any, Any, Any], fallback: A
     def failed(reason: Failure) -> None:
         if gone:
             return
-        if reason.check(APIError):
+        if isinstance(reason.value, APIError):
             error = reason.value
         else:
             _log.failure("{path} failed", reason, path=request.path)
             error = fallback
-        write_error(request, error, style or anthropic_style)
+        write_error(request, error, dialect or MESSAGES)
 
     d.addCallbacks(answered, failed)
     d.addErrback(lambda f: _log.failure("Answering {path} failed", f, path=request.path))
@@ -189,15 +192,34 @@ def anthropic_style(error: APIError, headers: Headers) -> bytes:
     return error.body()
 
 
-def write_error(request: IRequest, error: APIError, style: ErrorStyle = anthropic_style) -> None:
+@frozen
+class Dialect:
     """
-    Answer C{request} with C{error} and finish it, unless the response has already
-    started (then the status line is gone and the caller must abort instead).
+    The language a route's clients speak, as far as the router's own answers go: its
+    C{name} (for metrics and the access log) and the C{style} its errors are written in.
+    Every router-made error on a route is written in that route's dialect (L{write_error}).
     """
-    if request.startedWriting:
+
+    name: str
+    style: ErrorStyle
+
+
+#: The Anthropic Messages API (C{/v1/...} and the legacy prefix).
+MESSAGES = Dialect("messages", anthropic_style)
+#: Vertex rawPredict: Anthropic's error shape too.
+VERTEX = Dialect("vertex", anthropic_style)
+
+
+def write_error(request: IRequest, error: APIError, dialect: Dialect = MESSAGES) -> None:
+    """
+    Answer C{request} with C{error} in C{dialect}'s shape and finish it, unless the
+    response has already started (then the status line is gone and the caller must abort
+    instead).
+    """
+    if cast(Request, request).startedWriting:
         return
     request.setResponseCode(error.status)
-    body = style(error, request.responseHeaders)
+    body = dialect.style(error, request.responseHeaders)
     request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
     if request.method != b"HEAD":
         request.write(body)
@@ -205,15 +227,19 @@ def write_error(request: IRequest, error: APIError, style: ErrorStyle = anthropi
 
 
 class ErrorResource(Resource):
-    """A leaf that answers every method with one Anthropic-shaped error."""
+    """A leaf that answers every method with one error, in its route's dialect."""
 
     isLeaf = True
 
-    def __init__(self, error: APIError) -> None:
+    def __init__(self, error: APIError, dialect: Dialect = MESSAGES) -> None:
         super().__init__()
         self.error = error
+        self.dialect = dialect
+
+    def refuse_early(self, request: IRequest) -> tuple[APIError, Dialect]:
+        """Refused whatever the body holds: answered as soon as the headers are in."""
+        return self.error, self.dialect
 
     def render(self, request: IRequest) -> bytes:
         request.setResponseCode(self.error.status)
-        request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-        return self.error.body()
+        return self.dialect.style(self.error, request.responseHeaders)

@@ -24,12 +24,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from linkrouter.accounts import AccountPool, AccountUnavailable
+from linkrouter.accounts import Account, AccountPool
+from linkrouter.bedrock import BEDROCK, bedrock_model
 from linkrouter.bodies import read_small
-from linkrouter.dialects import aws_style, bedrock_model
+from linkrouter.credentials import Credential
 from linkrouter.errors import APIError, render_json, short_reason
-from linkrouter.proxy import Upstream, upstream_headers
+from linkrouter.failover import Failover
 from linkrouter.tokens import Gatekeeper, presented_token
+from linkrouter.upstream import Upstream
 
 CACHE_SECONDS = 600.0
 #: How long a failed model listing is answered from memory before the upstream is asked
@@ -114,32 +116,28 @@ class ModelCatalogue:
         return APIError(502, "Cannot list models from the upstream; the router's log says why.")
 
     async def _fetch(self) -> list[dict[str, Any]]:
-        problems = []
-        for account in self.pool.candidates(None):
-            try:
-                credential = await account.credential()
-            except AccountUnavailable as e:
-                problems.append(str(e))
-                continue
-            response = await self.upstream.client.get(
-                self.upstream.base_url + "/v1/models?limit=1000",
-                headers=upstream_headers(Headers(), credential),
-                unbuffered=True, allow_redirects=False, timeout=self.upstream.timeout,
-                reactor=self.upstream.reactor,
-            )
-            body = await read_small(response)
-            if response.code != 200:
-                problems.append(f"the upstream answered {response.code}")
-                continue
-            data = json.loads(body).get("data", [])
-            return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
-        raise APIError(502, "Cannot list models: " + ("; ".join(problems) or "no account"))
+        """
+        Ask the accounts in turn (the failover: a 401 refreshes and retries once, a 429
+        rests the account) until one lists the models.
+        """
+        url = self.upstream.url(b"/v1/models?limit=1000")
+
+        async def send(account: Account, credential: Credential) -> Any:
+            return await self.upstream.ask(b"GET", url, Headers(), credential)
+
+        outcome = await Failover(self.pool, accept=lambda code: code == 200).attempt(send)
+        if outcome.response is None:
+            problems = "; ".join(p.reason for p in outcome.problems)
+            raise APIError(502, "Cannot list models: " + (problems or "no account"))
+        data = json.loads(await read_small(outcome.response)).get("data", [])
+        return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
 class InferenceProfiles(Resource):
     """C{GET /inference-profiles[?type=...]} and C{GET /inference-profiles/{id}}."""
 
     isLeaf = True
+    dialect = BEDROCK
 
     def __init__(self, catalogue: ModelCatalogue, gatekeeper: Gatekeeper) -> None:
         super().__init__()
@@ -148,7 +146,7 @@ class InferenceProfiles(Resource):
 
     def render(self, request: IRequest) -> int | bytes:
         return render_json(request, self._answer(request),
-                           APIError(502, "Cannot list inference profiles."), aws_style)
+                           APIError(502, "Cannot list inference profiles."), BEDROCK)
 
     async def _answer(self, request: IRequest) -> dict[str, Any]:
         if request.method not in (b"GET", b"HEAD"):

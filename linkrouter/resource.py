@@ -27,14 +27,8 @@ from linkrouter.access import REQUEST_ID_HEADER, AccessLog, log_access, note
 from linkrouter.admin import MetricsResource
 from linkrouter.config import DEFAULT_MAX_BODY_SIZE
 from linkrouter.connections import ConnectionGuard, OverCapacity, guarded_protocol
-from linkrouter.early import Discard, Refusal, early_refusal, raw_answer
-from linkrouter.errors import (
-    APIError,
-    ErrorResource,
-    anthropic_style,
-    error_body,
-    write_error,
-)
+from linkrouter.early import Discard, Refusal, dialect_of, early_refusal, leaf_for, raw_answer
+from linkrouter.errors import MESSAGES, APIError, Dialect, ErrorResource, write_error
 
 #: Seconds a refused upload may keep sending (discarded) before the connection is cut.
 LINGER_SECONDS = 10.0
@@ -75,11 +69,11 @@ class PlainText(Resource):
 
 
 def _method_not_allowed(request: IRequest, allowed: bytes) -> bytes:
+    method = request.method.decode("ascii", "replace")
+    error = APIError(405, f"Method {method} is not allowed here.", "invalid_request_error")
     request.setResponseCode(405)
     request.responseHeaders.setRawHeaders(b"allow", [allowed])
-    request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-    method = request.method.decode("ascii", "replace")
-    return error_body("invalid_request_error", f"Method {method} is not allowed here.")
+    return MESSAGES.style(error, request.responseHeaders)
 
 
 class Branch(Resource):
@@ -151,6 +145,8 @@ def build_tree(
     @param vertex: serves Vertex paths, or C{None} (404).
     @param metrics: serves C{/metrics} (behind the admin key), or C{None}.
     """
+    # A dialect the router does not serve has no route of its own: its paths answer in
+    # the router's own (Anthropic) shape, as every other path it does not serve.
     def dialect(name: str, served: IResource | None, label: str) -> IResource:
         if name not in api_formats:
             return not_served(label)
@@ -241,7 +237,7 @@ class RouterRequest(server.Request):
     def gotLength(self, length: int | None) -> None:  # noqa: N802 - twisted.web API
         note(self)
         if length is not None and length > self._limit:
-            self._refuse((self._error(), anthropic_style))
+            self._refuse((self._error(), self._dialect()))
             return
         # HTTP/1.1 has every header now; HTTP/2 may not yet (checked at the first chunk).
         if length != 0 and isinstance(self.channel, http.HTTPChannel) and self._check_early():
@@ -256,7 +252,7 @@ class RouterRequest(server.Request):
         self._received += len(data)
         if self._received > self._limit:
             self.content.close()
-            self._refuse((self._error(), anthropic_style))
+            self._refuse((self._error(), self._dialect()))
             return
         super().handleContentChunk(data)
 
@@ -276,6 +272,13 @@ class RouterRequest(server.Request):
         if found is not None:
             self._refuse(found)
         return found is not None
+
+    def _dialect(self) -> Dialect:
+        """The dialect of the route this request is for (how its 413 is written)."""
+        root = getattr(self._site, "resource", None)
+        if root is None:
+            return MESSAGES
+        return dialect_of(leaf_for(root, self, *self._request_line()))
 
     def _error(self) -> APIError:
         return APIError(

@@ -13,11 +13,9 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Mapping
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 from attrs import frozen
-from treq.client import HTTPClient
 from twisted.application import strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -27,21 +25,20 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import Cooperator, LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import IResource
-from zope.interface import implementer
 
 from linkrouter.access import AccessLog
 from linkrouter.accounts import AccountPool, AccountWatch, build_accounts
 from linkrouter.admin import MetricsResource, TokenAdmin, admin_resources
 from linkrouter.adminguard import AdminGuard
+from linkrouter.bedrock import BEDROCK, bedrock_route
 from linkrouter.config import Config, ConfigError
 from linkrouter.connections import ConnectionGuard
 from linkrouter.credentials import claude_homes
-from linkrouter.dialects import Aliases, Route, aws_style, bedrock_route, vertex_route
-from linkrouter.errors import ErrorStyle, anthropic_style
+from linkrouter.dialects import Aliases, Route, messages_route, vertex_route
+from linkrouter.errors import MESSAGES, VERTEX, Dialect
+from linkrouter.gate import TokenGate
 from linkrouter.health import Health
 from linkrouter.journal import NAME as JOURNAL_NAME
 from linkrouter.journal import Journal
@@ -49,7 +46,7 @@ from linkrouter.metrics import Metrics
 from linkrouter.oauth import TokenEndpoint
 from linkrouter.outage import Outage
 from linkrouter.profiles import InferenceProfiles, ModelCatalogue
-from linkrouter.proxy import Proxy, TokenGate, Upstream, messages_route
+from linkrouter.proxy import Proxy
 from linkrouter.relay import Streams
 from linkrouter.resource import RouterSite, admin_tree, build_tree, metrics_tree
 from linkrouter.revocations import RevocationCache
@@ -65,6 +62,7 @@ from linkrouter.storerunner import StoreRunner
 from linkrouter.surface import Surface
 from linkrouter.systemd import Notifier
 from linkrouter.tokens import Gatekeeper, TokenAuthority
+from linkrouter.upstream import Upstream, http_client
 from linkrouter.usage import UsageRecorder
 
 _log = Logger(namespace="linkrouter")
@@ -74,48 +72,6 @@ _log = Logger(namespace="linkrouter")
 POLL_SECONDS = 1.0
 #: At stop, the last usage write gets at most this long before it goes to the journal.
 STOP_WRITE_SECONDS = 2.0
-CONNECT_TIMEOUT = 10.0
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """Upstream connections, without a "Starting factory" log line for each."""
-
-    noisy = False
-
-
-@implementer(IAgent)
-@frozen
-class IdentityEncodingAgent:
-    """
-    Sends requests without C{Accept-Encoding}.
-
-    treq asks for gzip on every request; the router relays bodies byte for byte (and its
-    usage meter reads them), so it asks the upstream for none.
-    """
-
-    agent: IAgent
-
-    def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
-                bodyProducer: Any = None) -> Deferred[Any]:  # noqa: N803 - IAgent
-        if headers is not None:
-            headers = headers.copy()
-            headers.removeHeader(b"accept-encoding")
-        return self.agent.request(method, uri, headers, bodyProducer)
-
-
-def http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
-    """
-    A treq client for upstream calls: persistent pooled connections, no Accept-Encoding,
-    and a cookie jar that accepts no cookie, so nothing one user's request provokes
-    reaches another's.
-    """
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietClientFactory  # noqa: SLF001 - no public hook for the factory
-    pool.maxPersistentPerHost = 128
-    pool.cachedConnectionTimeout = 120
-    agent = Agent(reactor, pool=pool, connectTimeout=CONNECT_TIMEOUT)
-    jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return HTTPClient(IdentityEncodingAgent(agent), cookiejar=jar), pool
 
 
 @frozen
@@ -140,10 +96,10 @@ class Router:
 
         aliases = Aliases.parse(config.model_aliases)
 
-        def gate(route: Route, dialect: str, style: ErrorStyle = anthropic_style) -> IResource:
-            proxy = Proxy(self.pool, self.upstream, self.usage, route, style, dialect,
-                          self.metrics, self.streams)
-            return TokenGate(self.gatekeeper, proxy, style, self.metrics, dialect)
+        def gate(route: Route, dialect: Dialect) -> IResource:
+            proxy = Proxy(self.pool, self.upstream, self.usage, route, dialect, self.metrics,
+                          self.streams)
+            return TokenGate(self.gatekeeper, proxy, dialect, self.metrics)
 
         hint = (
             "in " + self.secrets.admin_key_source
@@ -156,14 +112,14 @@ class Router:
         separate = bool(config.admin_listen)
         surface = Surface.opening(config.allow_upstream)
         tree = build_tree(
-            gate(messages_route(b"", surface), "messages"),
-            gate(messages_route(b"/api/latest/anthropic", surface), "messages"),
+            gate(messages_route(b"", surface), MESSAGES),
+            gate(messages_route(b"/api/latest/anthropic", surface), MESSAGES),
             None if separate else admin,
             config.api_formats,
-            bedrock=gate(bedrock_route(aliases), "bedrock", aws_style),
+            bedrock=gate(bedrock_route(aliases), BEDROCK),
             profiles=InferenceProfiles(ModelCatalogue(self.pool, self.upstream),
                                        self.gatekeeper),
-            vertex=gate(vertex_route(aliases), "vertex"),
+            vertex=gate(vertex_route(aliases), VERTEX),
             metrics=None if separate else guarded_metrics,
         )
         health = Health(self.revocations.problem)

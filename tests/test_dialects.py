@@ -12,11 +12,10 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
+from linkrouter.bedrock import BedrockShaper, bedrock_model
 from linkrouter.dialects import (
     Aliases,
     AnthropicShaper,
-    BedrockShaper,
-    bedrock_model,
     messages_body,
     vertex_model,
 )

@@ -14,19 +14,24 @@ import treq
 from attrs import define, field
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent, StubTreq
-from twisted.internet.defer import maybeDeferred
-from twisted.internet.task import Cooperator
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock, Cooperator
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
 
-from linkrouter.accounts import Account, AccountPool
+from linkrouter.accounts import Account, AccountPool, AccountUnavailable
 from linkrouter.credentials import ClaudeHome, Credential
+from linkrouter.failover import Failover, Outcome
+from linkrouter.gate import TokenGate
 from linkrouter.oauth import TokenEndpoint
-from linkrouter.proxy import Proxy, TokenGate, Upstream
+from linkrouter.proxy import Proxy
 from linkrouter.resource import build_tree
-from linkrouter.service import IdentityEncodingAgent
 from linkrouter.testing import FakeAnthropic, FakeTokenEndpoint, Received, Recorded, load_answers
 from linkrouter.tokens import Gatekeeper, TokenAuthority, TokenClaims
+from linkrouter.upstream import IdentityEncodingAgent, Upstream
 
 from .harness import RESPONSES, capture_logs
 
@@ -362,3 +367,196 @@ class AccountsAPITests(SynchronousTestCase):
         self.assertIsNone(reasons["claude-code"])
         served = {a["kind"]: a["requests_served"] for a in report["accounts"]}
         self.assertEqual(served["claude-code"], 3)
+
+
+# -- the failover stage alone (linkrouter.failover), no HTTP -----------------------------
+
+
+@define
+class FakeAccount(Account):
+    """
+    An account in memory: its credential is C{tokens[refreshes]}, a refresh after a 401
+    moves to the next token (C{None} when there is none), C{unavailable} refuses.
+    """
+
+    tokens: list[str] = field(factory=list)
+    refreshes: int = 0
+    unavailable: str | None = None
+    oauth: bool = True
+
+    async def credential(self) -> Credential:
+        if self.unavailable is not None:
+            raise AccountUnavailable(self.unavailable)
+        return self._made(self.tokens[self.refreshes])
+
+    async def refresh_after_rejection(self, rejected: Credential) -> Credential | None:
+        if self.refreshes + 1 >= len(self.tokens):
+            return None
+        self.refreshes += 1
+        return self._made(self.tokens[self.refreshes])
+
+    def _made(self, token: str) -> Credential:
+        return Credential("oauth" if self.oauth else "api_key", token, self.id)
+
+
+def fake_account(name: str, *tokens: str, clock: Clock, load: float = 0.0,
+                 **kwargs: Any) -> FakeAccount:
+    """An account named C{name}; a higher C{load} puts it later in the pool's order."""
+    account = FakeAccount(id=name, kind="fake", source=name, clock=clock,
+                          tokens=list(tokens or (name,)), **kwargs)
+    account.utilization["five_hour"] = load
+    return account
+
+
+@define
+class FakeResponse:
+    """An upstream answer in memory, readable with treq.collect, or dropped."""
+
+    code: int
+    body: bytes = b"{}"
+    headers: Headers = field(factory=Headers)
+    phrase: bytes = b""
+    dropped: bool = False
+
+    @property
+    def length(self) -> int:
+        return len(self.body)
+
+    def deliverBody(self, protocol: Any) -> None:  # noqa: N802 - IResponse
+        protocol.makeConnection(self)
+        if not self.dropped:
+            protocol.dataReceived(self.body)
+            protocol.connectionLost(Failure(ResponseDone()))
+
+    def stopProducing(self) -> None:  # noqa: N802 - the body's transport
+        self.dropped = True
+
+
+@define
+class Script:
+    """A fake C{send}: answers by token, and remembers which tokens were sent."""
+
+    answers: dict[str, list[FakeResponse]]
+    sent: list[str] = field(factory=list)
+    during: Any = None
+
+    async def __call__(self, account: Account, credential: Credential) -> FakeResponse:
+        self.sent.append(credential.secret)
+        if self.during is not None:
+            self.during()
+        return self.answers[credential.secret].pop(0)
+
+
+def limited(reset: float, body: bytes = b'{"error": "slow down"}') -> FakeResponse:
+    headers = Headers({b"anthropic-ratelimit-unified-reset": [str(int(reset)).encode()]})
+    return FakeResponse(429, body, headers)
+
+
+class FailoverStageTests(SynchronousTestCase):
+    """
+    The failover stage on its own: accounts and answers in memory, a fake clock. A 401
+    refreshes an OAuth login and retries once, a 429 rests the account and moves on, and
+    what could not be served says why.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+
+    def attempt(self, accounts: list[Account], script: Script, **kwargs: Any) -> Outcome:
+        failover = Failover(AccountPool(accounts, self.clock), **kwargs)
+        outcome: Outcome = self.successResultOf(Deferred.fromCoroutine(
+            failover.attempt(script)))
+        return outcome
+
+    def test_401_refresh_retry_once(self) -> None:
+        """A 401 refreshes the login; the retry with the new token is the answer."""
+        account = fake_account("a", "old", "new", clock=self.clock)
+        script = Script({"old": [FakeResponse(401)], "new": [FakeResponse(200)]})
+        outcome = self.attempt([account], script)
+        self.assertEqual(script.sent, ["old", "new"])
+        self.assertEqual(outcome.response.code, 200)
+        self.assertIs(outcome.account, account)
+        self.assertEqual((account.refreshes, account.requests_served), (1, 1))
+
+    def test_401_after_refresh_relayed(self) -> None:
+        """The refreshed token refused too: that 401 is the answer (one retry only)."""
+        account = fake_account("a", "old", "new", "newer", clock=self.clock)
+        script = Script({"old": [FakeResponse(401)], "new": [FakeResponse(401, b"no")]})
+        outcome = self.attempt([account], script)
+        self.assertEqual(script.sent, ["old", "new"])
+        self.assertEqual((outcome.response.code, outcome.response.body), (401, b"no"))
+        self.assertEqual(account.refreshes, 1)
+
+    def test_401_api_key_not_refreshed(self) -> None:
+        """An API key has no login to refresh: its 401 is the answer at once."""
+        account = fake_account("a", "key", "other", clock=self.clock, oauth=False)
+        script = Script({"key": [FakeResponse(401)]})
+        outcome = self.attempt([account], script)
+        self.assertEqual((script.sent, outcome.response.code, account.refreshes),
+                         (["key"], 401, 0))
+
+    def test_429_rests_and_moves_on(self) -> None:
+        """A 429 cools the account until the upstream's reset; the next one answers."""
+        first = fake_account("a", clock=self.clock, load=0.1)
+        second = fake_account("b", clock=self.clock, load=0.5)
+        script = Script({"a": [limited(NOW + 600)], "b": [FakeResponse(200)]})
+        outcome = self.attempt([first, second], script)
+        self.assertEqual(script.sent, ["a", "b"])
+        self.assertIs(outcome.account, second)
+        self.assertEqual(outcome.response.code, 200)
+        self.assertEqual(first.cooling_until, NOW + 600)
+        self.assertIsNone(second.cooling_until)
+        self.assertEqual([str(p) for p in outcome.problems],
+                         ["account a: the upstream answered 429"])
+
+    def test_all_429_last_kept(self) -> None:
+        """Every account rate limited: no answer, the last 429 kept with its body read."""
+        first = fake_account("a", clock=self.clock, load=0.1)
+        second = fake_account("b", clock=self.clock, load=0.5)
+        script = Script({"a": [limited(NOW + 600, b"first")],
+                         "b": [limited(NOW + 60, b"second")]})
+        outcome = self.attempt([first, second], script)
+        self.assertIsNone(outcome.response)
+        assert outcome.rate_limited is not None
+        self.assertEqual(outcome.rate_limited.body, b"second")
+        self.assertEqual(outcome.rate_limited.response.code, 429)
+        self.assertIs(outcome.account, second)
+        self.assertEqual((first.cooling_until, second.cooling_until), (NOW + 600, NOW + 60))
+        self.assertEqual(AccountPool([first, second], self.clock).next_available(), NOW + 60)
+
+    def test_no_account(self) -> None:
+        """No account can give a credential: nothing is sent, each one's reason kept."""
+        accounts = [fake_account("a", clock=self.clock, unavailable="needs a login"),
+                    fake_account("b", clock=self.clock, unavailable="refresh failing")]
+        script = Script({})
+        outcome = self.attempt(accounts, script)
+        self.assertEqual(script.sent, [])
+        self.assertIsNone(outcome.response)
+        self.assertIsNone(outcome.rate_limited)
+        self.assertEqual(sorted(str(p) for p in outcome.problems),
+                         ["account a: needs a login", "account b: refresh failing"])
+        empty = self.attempt([], script)
+        self.assertEqual((empty.response, empty.problems), (None, []))
+
+    def test_not_accepted_moves_on(self) -> None:
+        """An answer C{accept} turns down is read, its status kept, the next one asked."""
+        first = fake_account("a", clock=self.clock, load=0.1)
+        second = fake_account("b", clock=self.clock, load=0.5)
+        script = Script({"a": [FakeResponse(500)], "b": [FakeResponse(200)]})
+        outcome = self.attempt([first, second], script, accept=lambda code: code == 200)
+        self.assertEqual((script.sent, outcome.response.code), (["a", "b"], 200))
+        self.assertEqual([p.reason for p in outcome.problems], ["the upstream answered 500"])
+        self.assertIsNone(first.cooling_until)
+
+    def test_client_gone(self) -> None:
+        """The client leaves while the upstream answers: the answer is dropped, no retry."""
+        left: list[bool] = []
+        account = fake_account("a", clock=self.clock)
+        answer = FakeResponse(200)
+        script = Script({"a": [answer]}, during=lambda: left.append(True))
+        outcome = self.attempt([account], script, gone=lambda: bool(left))
+        self.assertTrue(outcome.left)
+        self.assertIsNone(outcome.response)
+        self.assertTrue(answer.dropped)
+        self.assertEqual(account.requests_served, 0)

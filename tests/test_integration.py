@@ -18,8 +18,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from linkrouter.proxy import OAUTH_BETA
 from linkrouter.testing import FakeAnthropic, load_answers
+from linkrouter.upstream import OAUTH_BETA
 
 from .harness import (
     ADMIN_KEY,

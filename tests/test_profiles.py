@@ -21,10 +21,11 @@ from linkrouter.accounts import Account, AccountPool
 from linkrouter.credentials import Credential
 from linkrouter.errors import APIError
 from linkrouter.profiles import CACHE_SECONDS, FAILURE_CACHE_SECONDS, ModelCatalogue
-from linkrouter.proxy import Upstream
 from linkrouter.testing import FakeAnthropic, Recorded, load_answers
+from linkrouter.upstream import Upstream
 
 from .harness import RESPONSES, start_router
+from .test_failover import NOW, fake_account
 
 MODELS = {"data": [{"id": "claude-sonnet-4-5-20250929", "display_name": "Claude Sonnet 4.5"}]}
 
@@ -161,3 +162,87 @@ class InferenceProfilesLoopbackTests(TestCase):
             body = await response.content()
             self.assertEqual(response.code, 502, body)
         self.assertEqual(self.model_calls(running), 1)
+
+
+class ByToken(Resource):
+    """A fake C{GET /v1/models} answering each token (OAuth or API key) with its status."""
+
+    isLeaf = True
+
+    def __init__(self, statuses: dict[str, int]) -> None:
+        super().__init__()
+        self.statuses = statuses
+        self.asked: list[str] = []
+
+    def render_GET(self, request: IRequest) -> bytes:  # noqa: N802 - twisted.web API
+        token = (request.getHeader(b"authorization") or request.getHeader(b"x-api-key")
+                 or b"").decode().removeprefix("Bearer ")
+        self.asked.append(token)
+        status = self.statuses[token]
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        if status == 429:
+            request.setHeader(b"anthropic-ratelimit-unified-reset", str(int(NOW + 600)))
+            return b'{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}'
+        if status != 200:
+            return b'{"type":"error","error":{"type":"authentication_error","message":"no"}}'
+        return json.dumps(MODELS).encode()
+
+
+class CatalogueFailoverTests(SynchronousTestCase):
+    """
+    The model list goes through the same failover as the proxy: a 401 on an OAuth login
+    refreshes it and retries once, a 429 rests the account and the next one is asked.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+
+    def catalogue(self, upstream: ByToken, accounts: list[Account]) -> ModelCatalogue:
+        self.agent = RequestTraversalAgent(upstream)
+        cooperator = Cooperator(scheduler=lambda work: self.clock.callLater(0, work))
+        return ModelCatalogue(
+            AccountPool(accounts, self.clock),
+            Upstream(HTTPClient(self.agent), "http://upstream.test", self.clock, cooperator,
+                     30.0),
+        )
+
+    def models(self, catalogue: ModelCatalogue) -> Deferred[Any]:
+        d = Deferred.fromCoroutine(catalogue.models())
+        for _ in range(5):
+            self.agent.flush()
+            self.clock.advance(0)
+        return d
+
+    def test_401_refreshes_and_retries(self) -> None:
+        """A refused login token is refreshed and the list asked for again with the new one."""
+        account = fake_account("a", "old", "new", clock=self.clock)
+        upstream = ByToken({"old": 401, "new": 200})
+        listed = self.successResultOf(self.models(self.catalogue(upstream, [account])))
+        self.assertEqual([m["id"] for m in listed], ["claude-sonnet-4-5-20250929"])
+        self.assertEqual(upstream.asked, ["old", "new"])
+        self.assertEqual(account.refreshes, 1)
+
+    def test_429_rests_account(self) -> None:
+        """A rate-limited account cools down until its reset; the next account lists."""
+        first = fake_account("a", clock=self.clock, load=0.1)
+        second = fake_account("b", clock=self.clock, load=0.5)
+        upstream = ByToken({"a": 429, "b": 200})
+        listed = self.successResultOf(self.models(self.catalogue(upstream, [first, second])))
+        self.assertEqual(len(listed), 1)
+        self.assertEqual(upstream.asked, ["a", "b"])
+        self.assertEqual(first.cooling_until, NOW + 600)
+        self.assertIsNone(second.cooling_until)
+
+    def test_every_account_failing(self) -> None:
+        """No account lists: 502 naming what each answered (the 429 one rests)."""
+        first = fake_account("a", clock=self.clock, load=0.1)
+        second = fake_account("b", "b", clock=self.clock, load=0.5, oauth=False)
+        upstream = ByToken({"a": 429, "b": 401})
+        error = self.failureResultOf(self.models(self.catalogue(upstream, [first, second])),
+                                     APIError).value
+        self.assertEqual(error.status, 502)
+        self.assertEqual(error.message, "Cannot list models: the upstream answered 429; "
+                                        "the upstream answered 401")
+        self.assertEqual(first.cooling_until, NOW + 600)

@@ -22,20 +22,20 @@ from twisted.web.http_headers import Headers
 
 from linkrouter.accounts import AccountPool, build_accounts
 from linkrouter.credentials import Credential, claude_homes
-from linkrouter.proxy import (
+from linkrouter.dialects import messages_route
+from linkrouter.gate import TokenGate
+from linkrouter.proxy import Proxy
+from linkrouter.resource import build_tree
+from linkrouter.testing import FakeAnthropic, Recorded, load_answers
+from linkrouter.tokens import Gatekeeper, TokenAuthority, TokenClaims
+from linkrouter.upstream import (
     OAUTH_BETA,
-    Proxy,
-    TokenGate,
+    IdentityEncodingAgent,
     Upstream,
     downstream_headers,
     merge_betas,
-    messages_route,
     upstream_headers,
 )
-from linkrouter.resource import build_tree
-from linkrouter.service import IdentityEncodingAgent
-from linkrouter.testing import FakeAnthropic, Recorded, load_answers
-from linkrouter.tokens import Gatekeeper, TokenAuthority, TokenClaims
 
 from .harness import RESPONSES, capture_logs
 

@@ -17,8 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from linkrouter.config import ConfigError, resolve
+from linkrouter.dialects import messages_route
 from linkrouter.errors import APIError
-from linkrouter.proxy import messages_route
 from linkrouter.resource import admin_tree, build_tree, not_found
 from linkrouter.surface import DEFAULT_SURFACE, Rule, RuleError, Surface, path_problem
 from linkrouter.tap import Options
