@@ -357,6 +357,8 @@ class RouterService(MultiService):
         self.reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
+        if not self.running:
+            return  # stopped before the reactor ran (a test that never runs it)
         # Signal handlers first: READY=1 tells systemd (and tests) that SIGHUP now reloads.
         if self.handle_signals:
             self._install_signals()
