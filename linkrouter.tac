@@ -11,7 +11,7 @@ from twisted.application import service  # noqa: E402
 
 from linkrouter.tap import Options, makeService  # noqa: E402
 
-options = Options()
+options = Options(daemon=True)
 options.parseOptions([])
 application = service.Application("linkrouter")
 makeService(options).setServiceParent(application)

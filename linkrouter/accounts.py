@@ -42,7 +42,7 @@ from linkrouter.refresh import (
     LoginNeeded,
 )
 from linkrouter.refresh import digest as _digest
-from linkrouter.tokens import isoformat
+from linkrouter.timefmt import isoformat
 
 __all__ = ["MAX_REFRESH_BACKOFF", "REFRESH_MARGIN", "Account", "AccountPool",
            "AccountUnavailable", "LoginNeeded", "build_accounts", "ratelimit_reset",

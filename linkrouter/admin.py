@@ -25,7 +25,8 @@ from linkrouter.adminguard import AdminGuard
 from linkrouter.errors import APIError, Dialect, anthropic_style, render_json
 from linkrouter.labels import MAX_LABEL_LENGTH, label_problem  # noqa: F401 - re-exported
 from linkrouter.store import RevocationCache, TokenRecord, TokenStore
-from linkrouter.tokens import TokenAuthority, isoformat
+from linkrouter.timefmt import isoformat
+from linkrouter.tokens import TokenAuthority
 
 DEFAULT_TTL_HOURS = 24
 MAX_TTL_HOURS = 10 * 366 * 24  # ten years; anything longer is a mistake

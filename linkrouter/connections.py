@@ -29,7 +29,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 
-from linkrouter.config import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+from linkrouter.defaults import DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from linkrouter.errors import error_body
 from linkrouter.h2guard import GuardedH2Connection
 

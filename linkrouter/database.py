@@ -17,8 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from attrs import frozen
 
-from linkrouter.config import sqlite_file
 from linkrouter.errors import APIError
+from linkrouter.options import sqlite_file
 
 
 class StoreError(Exception):

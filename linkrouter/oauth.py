@@ -25,8 +25,8 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from linkrouter.bodies import read_small
-from linkrouter.config import CLAUDE_CODE_CLIENT_ID
 from linkrouter.credentials import Credential
+from linkrouter.defaults import CLAUDE_CODE_CLIENT_ID
 from linkrouter.errors import short_reason
 
 #: OAuth errors after which only a new login helps.

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from linkrouter.credentials import ClaudeHome, Credential, RunInThread
 from linkrouter.filelock import DirectoryLock, LockTimeout
 from linkrouter.oauth import RefreshFailed, TokenEndpoint, credential_from_pair, write_back
-from linkrouter.tokens import isoformat
+from linkrouter.timefmt import isoformat
 
 REFRESH_MARGIN = 60.0
 MAX_REFRESH_BACKOFF = 300.0

@@ -25,8 +25,8 @@ from twisted.web.resource import IResource, Resource
 
 from linkrouter.access import REQUEST_ID_HEADER, AccessLog, log_access, note
 from linkrouter.admin import MetricsResource
-from linkrouter.config import DEFAULT_MAX_BODY_SIZE
 from linkrouter.connections import ConnectionGuard, OverCapacity, guarded_protocol
+from linkrouter.defaults import DEFAULT_MAX_BODY_SIZE
 from linkrouter.early import Discard, Refusal, dialect_of, early_refusal, leaf_for, raw_answer
 from linkrouter.errors import MESSAGES, APIError, Dialect, ErrorResource, write_error
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from attrs import field, frozen
 
 from linkrouter.config import Config, ConfigError
+from linkrouter.options import ADMIN_KEY_FILE, TOKEN_SECRET_FILE
 
 #: A supplied token secret or admin key shorter than this stops start-up.
 MIN_SECRET_LENGTH = 16
@@ -42,9 +43,9 @@ class _Kind:
 
 _KINDS = {
     "token_secret": _Kind("token_secret", "--token-secret", "token secret", "token-secret",
-                          "TOKEN_SECRET_FILE", lambda: secrets.token_urlsafe(GENERATED_BYTES)),
+                          TOKEN_SECRET_FILE.env[0], lambda: secrets.token_urlsafe(GENERATED_BYTES)),
     "admin_key": _Kind("admin_key", "--admin-key", "admin key", "admin-key",
-                       "ADMIN_KEY_FILE",
+                       ADMIN_KEY_FILE.env[0],
                        lambda: "la_admin_" + secrets.token_urlsafe(GENERATED_BYTES)),
 }
 

@@ -31,7 +31,7 @@ from linkrouter.database import (  # noqa: F401 - re-exported: the store's publi
 )
 from linkrouter.labels import escaped
 from linkrouter.revocations import RevocationCache  # noqa: F401 - re-exported
-from linkrouter.tokens import MAX_TIMESTAMP, isoformat
+from linkrouter.timefmt import MAX_TIMESTAMP, isoformat
 
 SCHEMA_VERSION = 3
 

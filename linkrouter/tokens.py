@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 import jwt
 from attrs import field, frozen
@@ -22,6 +21,7 @@ from twisted.web.iweb import IRequest
 
 from linkrouter.errors import APIError
 from linkrouter.labels import escaped
+from linkrouter.timefmt import MAX_TIMESTAMP, isoformat, sane_timestamp  # noqa: F401 - re-exported
 
 TOKEN_PREFIX = "la_sk_"  # noqa: S105 - a prefix, not a secret
 ALGORITHM = "HS256"
@@ -30,31 +30,8 @@ _SAFE_ALG = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 #: Verified tokens remembered (so the signature is checked once per token, not per
 #: request); the oldest is forgotten first.
 VERIFIED_CACHE_SIZE = 4096
-#: The last second a token's C{iat} or C{exp} may name: 9999-12-31T23:59:59Z (a later one
-#: cannot be written as a date, and nothing real expires that late).
-MAX_TIMESTAMP = 253402300799
 #: How far in the future a token may say it was issued (clock skew between minters).
 MAX_ISSUED_AHEAD = 24 * 3600
-
-
-def isoformat(seconds: float | None) -> str | None:
-    """
-    Unix seconds as an RFC 3339 UTC timestamp (C{None} stays C{None}); a value outside
-    1970..9999 is shown as the nearest end of that range rather than failing.
-    """
-    if seconds is None:
-        return None
-    try:
-        whole = min(max(int(seconds), 0), MAX_TIMESTAMP)
-    except (OverflowError, ValueError, TypeError):
-        whole = MAX_TIMESTAMP if seconds == float("inf") else 0
-    return datetime.fromtimestamp(whole, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def sane_timestamp(value: object) -> bool:
-    """Whether C{value} is a whole number of Unix seconds between 1970 and 9999."""
-    return (isinstance(value, int) and not isinstance(value, bool)
-            and 0 <= value <= MAX_TIMESTAMP)
 
 
 @frozen
