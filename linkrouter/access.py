@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import Any, cast
 
 from attrs import define
 from twisted.logger import Logger
+from twisted.web.http import Request
 from twisted.web.iweb import IRequest
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -68,7 +69,8 @@ class AccessLog:
         if access.logged:
             return
         access.logged = True
-        status = status if status is not None else request.code
+        # A twisted.web Request: IRequest does not declare its response code.
+        status = status if status is not None else cast(Request, request).code
         fields = {
             "request_id": access.request_id,
             "method": (request.method or b"-").decode("ascii", "replace"),

@@ -121,14 +121,14 @@ class TokenAdmin:
 
     async def show(self, token_id: str) -> dict[str, Any]:
         token_id = _token_id(token_id)
-        record = await self.store.get(token_id)
+        record: TokenRecord | None = await self.store.get(token_id)
         if record is None:
             raise _not_found(token_id)
         return record.to_json()
 
     async def revoke(self, token_id: str) -> dict[str, Any]:
         token_id = _token_id(token_id)
-        record = await self.store.revoke(token_id, int(self.clock.seconds()))
+        record: TokenRecord | None = await self.store.revoke(token_id, int(self.clock.seconds()))
         if record is None:
             raise _not_found(token_id)
         self.revocations.add(token_id)
@@ -281,6 +281,8 @@ class MetricsResource(Resource):
             request.setResponseCode(error.status)
             request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
             return error.body()
+        body: bytes
+        content_type: str
         body, content_type = self._metrics.exposition()
         request.responseHeaders.setRawHeaders(b"content-type", [content_type.encode()])
         request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import treq
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 
 #: The most of a small answer kept; anything past it is read and dropped.
@@ -31,7 +32,8 @@ class _Dropper(Protocol):
     """Receives an answer nobody wants: closes its connection at once."""
 
     def connectionMade(self) -> None:  # noqa: N802 - IProtocol
-        self.transport.stopProducing()
+        # A response body's transport is its connection's producer, not an ITransport.
+        cast(IPushProducer, self.transport).stopProducing()
 
 
 def drop(response: Any) -> None:

@@ -20,12 +20,13 @@ L{linkrouter.h2guard.GuardedH2Connection} as its two sides.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import h2.errors
 from attrs import define
 from hyperframe.frame import GoAwayFrame, SettingsFrame
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IConsumer, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
 
@@ -86,7 +87,7 @@ class GuardedHTTPChannel(HTTPChannel):
         self._reading_head = True
         super().requestDone(request)
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self._stop_head_timer()
         super().connectionLost(reason)
 
@@ -97,7 +98,7 @@ class GuardedHTTPChannel(HTTPChannel):
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        if self.transport is None or self.transport.disconnecting:
+        if self.transport is None or getattr(self.transport, "disconnecting", False):
             return
         body = error_body(
             "timeout_error",
@@ -116,6 +117,11 @@ class GuardedChannelProtocol(_GenericHTTPChannelProtocol):
     switches to L{GuardedH2Connection} (instead of Twisted's own) when h2 is negotiated.
     """
 
+    # What these hold: Twisted's own types are inferred from its defaults (None, and the
+    # H2Connection it switches to), hence the ignores.
+    _negotiatedProtocol: bytes | None  # type: ignore[assignment]
+    _channel: GuardedHTTPChannel | GuardedH2Connection  # type: ignore[assignment]
+
     def __init__(self, channel: GuardedHTTPChannel, guard: ConnectionGuard,
                  reactor: Any) -> None:
         super().__init__(channel)
@@ -128,7 +134,7 @@ class GuardedChannelProtocol(_GenericHTTPChannelProtocol):
         self._counted = True
         super().makeConnection(transport)
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         if self._counted:
             self._counted = False
             self._guard.open -= 1
@@ -145,8 +151,10 @@ class GuardedChannelProtocol(_GenericHTTPChannelProtocol):
 
     def _switch_to_h2(self) -> None:
         """As Twisted does it (http._GenericHTTPChannelProtocol), with the guarded class."""
-        old = self._channel
-        producer = old._networkProducer
+        # Before the switch the channel is the HTTP/1.1 one, and its network producer is
+        # the transport (also the consumer it registers with).
+        old = cast(GuardedHTTPChannel, self._channel)
+        producer = cast(IConsumer, old._networkProducer)
         producer.unregisterProducer()
         old.setTimeout(None)
         old._stop_head_timer()
@@ -155,7 +163,7 @@ class GuardedChannelProtocol(_GenericHTTPChannelProtocol):
         channel.site = self._site
         channel.factory = self._factory
         channel.timeOut = self._timeOut
-        channel.callLater = self._callLater
+        channel.callLater = self._callLater  # type: ignore[method-assign, assignment] # as Twisted
         self._channel = channel
         channel.makeConnection(old.transport)
         producer.registerProducer(channel, True)
@@ -175,7 +183,9 @@ class OverCapacity(Protocol):
         self._cut: Any = None
 
     def connectionMade(self) -> None:  # noqa: N802 - twisted API
-        self._cut = self._reactor.callLater(REFUSAL_GRACE, self.transport.abortConnection)
+        # A TCP (or TLS over TCP) connection: ITransport does not declare abortConnection.
+        transport = cast(ITCPTransport, self.transport)
+        self._cut = self._reactor.callLater(REFUSAL_GRACE, transport.abortConnection)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._answered:
@@ -192,10 +202,11 @@ class OverCapacity(Protocol):
                 "connections (--max-connections); retry shortly.",
             )
             answer = _answer(b"503 Service Unavailable", body, b"retry-after: 1")
-        self.transport.write(answer)
-        self.transport.loseConnection()
+        transport = cast(ITCPTransport, self.transport)
+        transport.write(answer)
+        transport.loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         if self._cut is not None and self._cut.active():
             self._cut.cancel()
 

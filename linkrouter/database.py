@@ -88,7 +88,7 @@ class Database:
     def module(self) -> str:
         return "sqlite3" if self.kind == "sqlite" else "psycopg"
 
-    def _connect_args(self, timeout: float = 10.0) -> tuple[tuple[object, ...], dict[str, object]]:
+    def _connect_args(self, timeout: float = 10.0) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if self.kind == "sqlite":
             return (str(self.sqlite_path),), {"timeout": 15.0, "check_same_thread": False}
         # libpq counts whole seconds, and treats 1 as 2.
@@ -117,12 +117,12 @@ class Database:
         try:
             if self.kind == "sqlite":
                 self._prepare_file()
-                conn = sqlite3.connect(*args, **kwargs)  # type: ignore[arg-type]
+                conn = sqlite3.connect(*args, **kwargs)
                 _retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"))
                 return conn
             import psycopg
 
-            conn = psycopg.connect(*args, **kwargs)  # type: ignore[arg-type]
+            conn = psycopg.connect(*args, **kwargs)
             if timeout is not None:
                 conn.execute("SELECT set_config('statement_timeout', %s, false)",
                               (str(int(timeout * 1000)),))

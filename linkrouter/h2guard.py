@@ -28,13 +28,15 @@ the same read as its request is dropped before its request is processed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import h2.errors
 import h2.events
 import h2.exceptions
 from hyperframe.frame import GoAwayFrame
 from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._http2 import H2Connection
@@ -156,6 +158,9 @@ class GuardedH2Connection(H2Connection):
     end the connection at once (see the module docstring).
     """
 
+    #: Set by the protocol that builds the connection (H2Connection does not declare it).
+    requestFactory: Any
+
     def __init__(self, reactor: Any, header_timeout: float | None = None) -> None:
         super().__init__(reactor)
         self._header_timeout = header_timeout
@@ -218,7 +223,8 @@ class GuardedH2Connection(H2Connection):
                 self._handlePriorityUpdate(event)
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self._closing = True
-                self.transport.loseConnection()
+                if self.transport is not None:
+                    self.transport.loseConnection()
                 self.connectionLost(Failure(ConnectionLost("Remote peer sent GOAWAY")),
                                     _cancelTimeouts=False)
 
@@ -236,12 +242,15 @@ class GuardedH2Connection(H2Connection):
             pending += GoAwayFrame(
                 stream_id=0, last_stream_id=self.conn.highest_inbound_stream_id,
                 error_code=refused.code).serialize()
-        self.transport.write(pending)
-        self._cut = self._reactor.callLater(CLOSE_GRACE, self.transport.abortConnection)
-        self.transport.loseConnection()
+        # A TLS (or TCP) connection: ITransport does not declare abortConnection.
+        transport = cast(ITCPTransport, self.transport)
+        transport.write(pending)
+        self._cut = self._reactor.callLater(CLOSE_GRACE, transport.abortConnection)
+        transport.loseConnection()
         self.connectionLost(Failure(ConnectionLost(refused.reason)), _cancelTimeouts=False)
 
-    def connectionLost(self, reason: Failure, _cancelTimeouts: bool = True) -> None:  # noqa: N802, N803
+    def connectionLost(self, reason: Failure = connectionDone,  # noqa: N802
+                       _cancelTimeouts: bool = True) -> None:  # noqa: N803
         if _cancelTimeouts:
             self._block_started(False)
             if self._cut is not None and self._cut.active():

@@ -96,7 +96,7 @@ class UsageMeter:
                 if line.startswith(b"data:"):
                     self._data(line[5:].strip())
 
-    def _data(self, payload: bytes) -> None:
+    def _data(self, payload: bytes | bytearray) -> None:
         try:
             message = json.loads(payload)
         except ValueError:

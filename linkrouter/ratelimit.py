@@ -22,7 +22,8 @@ def ratelimit_reset(headers: Headers, now: float) -> float | None:
             candidates.append(float(reset[0]))
         except ValueError:
             pass
-    after = _retry_after((headers.getRawHeaders(b"retry-after") or [None])[0], now)
+    retry_after = headers.getRawHeaders(b"retry-after")
+    after = _retry_after(retry_after[0] if retry_after else None, now)
     if after is not None:
         candidates.append(now + after)
     return max(candidates) if candidates else None

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.interfaces import ITCPTransport
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
@@ -251,7 +252,8 @@ class RouterRequest(server.Request):
             return
         self._received += len(data)
         if self._received > self._limit:
-            self.content.close()
+            if self.content is not None:
+                self.content.close()
             self._refuse((self._error(), self._dialect()))
             return
         super().handleContentChunk(data)
@@ -300,7 +302,9 @@ class RouterRequest(server.Request):
         self.path = uri.split(b"?")[0]
         self.code = refusal[0].status
         log_access(self)
-        transport = self.channel.transport
+        # A TCP (or TLS over TCP) connection: ITransport declares neither
+        # loseWriteConnection nor abortConnection.
+        transport = cast(ITCPTransport, self.channel.transport)
         transport.write(raw_answer(refusal, self, note(self).request_id))
         try:
             transport.loseWriteConnection()
@@ -361,7 +365,7 @@ class RouterSite(server.Site):
         self.hsts = hsts
         self.guard = guard if guard is not None else ConnectionGuard()
         self.draining = False
-        self.inflight: set[IRequest] = set()
+        self.inflight: set[server.Request] = set()
         self._protocols: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - twisted API
@@ -371,7 +375,7 @@ class RouterSite(server.Site):
         self._protocols.add(protocol)
         return protocol
 
-    def began(self, request: IRequest) -> None:
+    def began(self, request: server.Request) -> None:
         """A request is being answered; while draining, its connection closes after it."""
         self.inflight.add(request)
         request.notifyFinish().addBoth(lambda _: self.inflight.discard(request))
@@ -407,8 +411,9 @@ class RouterSite(server.Site):
     def open_connections(self) -> int:
         return sum(1 for p in list(self._protocols) if _open(getattr(p, "_channel", p)))
 
-    def log(self, request: IRequest) -> None:
-        self.access.done(request)
+    def log(self, request: http.Request) -> None:
+        # HTTPFactory types it http.Request; this site's requests are RouterRequests.
+        self.access.done(cast(RouterRequest, request))
 
 
 def _open(channel: Any) -> bool:
@@ -419,7 +424,7 @@ def _open(channel: Any) -> bool:
     return bool(transport is not None and transport.connected)
 
 
-def _close_after(request: IRequest) -> None:
+def _close_after(request: server.Request) -> None:
     channel = getattr(request, "channel", None)
     if isinstance(channel, http.HTTPChannel):
         channel.persistent = False

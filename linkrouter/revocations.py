@@ -90,7 +90,8 @@ class RevocationCache:
         """Seconds since the view was last known current, or C{None} before any load."""
         if self.loaded_at is None:
             return None
-        return max(0.0, self.clock.seconds() - self.loaded_at)
+        now: float = self.clock.seconds()
+        return max(0.0, now - self.loaded_at)
 
     def problem(self) -> str | None:
         """Why tokens are refused now, or C{None} when revocations can be checked."""

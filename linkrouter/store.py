@@ -15,22 +15,21 @@ after a crash) counts once.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable
 from typing import Any
 
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from linkrouter.database import (  # noqa: F401 - re-exported: the store's public names
-    Database,
-    StoreError,
-    StoreUnavailable,
-    _Cursor,
-    _reason,
-    redact_url,
-)
+# Re-exported ("X as X"): the store's public names.
+from linkrouter.database import Database as Database
+from linkrouter.database import StoreError as StoreError
+from linkrouter.database import StoreUnavailable as StoreUnavailable
+from linkrouter.database import _Cursor, _reason
+from linkrouter.database import redact_url as redact_url
 from linkrouter.labels import escaped
-from linkrouter.revocations import RevocationCache  # noqa: F401 - re-exported
+from linkrouter.revocations import RevocationCache as RevocationCache
 from linkrouter.timefmt import MAX_TIMESTAMP, isoformat
 
 SCHEMA_VERSION = 3
@@ -160,7 +159,8 @@ MAX_COUNT = 2**53
 def _clamped(value: object, high: int, default: int = 0) -> int:
     """C{value} as an int within 0..C{high}, whatever got into (or out of) the store."""
     try:
-        number = int(value)  # type: ignore[call-overload]
+        # Any value may come out of the store; int() refusing it is handled below.
+        number: int = int(value)  # type: ignore[call-overload]
     except (OverflowError, ValueError, TypeError):
         return high if value == float("inf") else default
     return min(max(number, 0), high)
@@ -271,13 +271,13 @@ class Queries:
         cursor.execute("SELECT id FROM tokens WHERE revoked_at IS NOT NULL")
         return frozenset(row[0] for row in cursor.fetchall())
 
-    def revoked_since(self, cursor: _Cursor, since: int) -> list[str]:
+    def revoked_since(self, cursor: _Cursor, since: int) -> builtins.list[str]:
         """The ids revoked at or after C{since} (read through the C{revoked_at} index)."""
         cursor.execute(self._sql("SELECT id FROM tokens WHERE revoked_at >= ?"), (since,))
         return [row[0] for row in cursor.fetchall()]
 
-    def add_usage(self, cursor: _Cursor, deltas: list[UsageDelta], batch: str | None = None,
-                  at: int = 0) -> bool:
+    def add_usage(self, cursor: _Cursor, deltas: builtins.list[UsageDelta],
+                  batch: str | None = None, at: int = 0) -> bool:
         """
         Add usage counters, creating rows for tokens minted elsewhere (same secret).
 
@@ -352,7 +352,8 @@ class TokenStore:
     def revoked_since(self, since: int) -> Any:
         return self.run(self.queries.revoked_since, since)
 
-    def add_usage(self, deltas: list[UsageDelta], batch: str | None = None, at: int = 0) -> Any:
+    def add_usage(self, deltas: builtins.list[UsageDelta], batch: str | None = None,
+                  at: int = 0) -> Any:
         return self.run(self.queries.add_usage, deltas, batch, at)
 
     def migrate(self) -> Any:

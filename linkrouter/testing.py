@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 _FRAMING = {b"content-length", b"transfer-encoding", b"connection", b"date", b"server"}
 
@@ -126,6 +126,8 @@ class FakeAnthropic(Resource):
         Resource.__init__(self)
 
     def render(self, request: IRequest) -> int | bytes:
+        # twisted.web renders a server Request; IRequest does not declare notifyFinish.
+        request = cast(Request, request)
         body = request.content.read() if request.content is not None else b""
         seen = Received(request.method, request.uri, request.requestHeaders.copy(), body)
         self.received.append(seen)
@@ -153,7 +155,7 @@ class FakeAnthropic(Resource):
         self._stream(request, answer, 0, gone)
         return NOT_DONE_YET
 
-    def _stream(self, request: IRequest, answer: Recorded, index: int, gone: list[Any]) -> None:
+    def _stream(self, request: Request, answer: Recorded, index: int, gone: list[Any]) -> None:
         while not gone:
             if index == self.break_after:
                 request.loseConnection()
@@ -163,12 +165,12 @@ class FakeAnthropic(Resource):
                 return
             hold = self.between_events(index) if self.between_events else None
             if hold is not None:
-                hold.addCallback(lambda _, i=index: self._send(request, answer, i, gone))
+                hold.addCallback(lambda _, i: self._send(request, answer, i, gone), index)
                 return
             request.write(answer.events[index])
             index += 1
 
-    def _send(self, request: IRequest, answer: Recorded, index: int, gone: list[Any]) -> None:
+    def _send(self, request: Request, answer: Recorded, index: int, gone: list[Any]) -> None:
         if not gone:
             request.write(answer.events[index])
             self._stream(request, answer, index + 1, gone)
@@ -209,9 +211,9 @@ class FakeTokenEndpoint(Resource):
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
 
-    def render_POST(self, request: IRequest) -> int | bytes:  # noqa: N802 - twisted.web API
+    def render_POST(self, request: Request) -> int | bytes:  # noqa: N802 - twisted.web API
         try:
-            body = json.loads(request.content.read())
+            body = json.loads(request.content.read() if request.content is not None else b"")
         except ValueError:
             body = None
         self.received.append(body)
@@ -222,7 +224,7 @@ class FakeTokenEndpoint(Resource):
             return NOT_DONE_YET
         return self._answer(request, body, direct=True)
 
-    def _answer(self, request: IRequest, body: Any, direct: bool = False) -> bytes:
+    def _answer(self, request: Request, body: Any, direct: bool = False) -> bytes:
         token = body.get("refresh_token") if isinstance(body, dict) else None
         if self.answers:
             status, payload, headers = self.answers.pop(0)
