@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -55,6 +55,7 @@ class UsageRecorder:
     outage: Any = None
     pending: dict[str, UsageDelta] = field(factory=dict)
     unconfirmed: list[UsageBatch] = field(factory=list)
+    _lock: DeferredLock = field(factory=DeferredLock)
     _log = Logger()
 
     def record(self, claims: TokenClaims, input_tokens: int = 0, output_tokens: int = 0,
@@ -76,7 +77,17 @@ class UsageRecorder:
         self.pending[claims.id] = old.plus(delta) if old else delta
 
     async def flush(self) -> None:
-        """Write the batches not yet confirmed, then what was counted since."""
+        """
+        Write the batches not yet confirmed, then what was counted since. One flush at a
+        time: the stop's last flush waits for the periodic one still running.
+        """
+        await self._lock.acquire()
+        try:
+            await self._flush()
+        finally:
+            self._lock.release()
+
+    async def _flush(self) -> None:
         if self.pending:
             self.unconfirmed.append(UsageBatch(list(self.pending.values())))
             self.pending = {}

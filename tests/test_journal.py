@@ -13,6 +13,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -80,6 +81,34 @@ class JournalTests(SynchronousTestCase):
     def use(self, recorder: UsageRecorder, requests: int) -> None:
         for _ in range(requests):
             recorder.record(self.claims, input_tokens=2, output_tokens=1)
+
+    def test_overlapping_flushes(self) -> None:
+        """
+        A flush that starts while another is still waiting for the store (the stop's
+        last flush during a periodic one) waits for it: every request is counted once and
+        nothing fails.
+        """
+        held: Deferred[None] = Deferred()
+        calls: list[object] = []
+
+        def runner(fn: Any, *args: object) -> Deferred[Any]:
+            calls.append(fn)
+            if len(calls) == 1:
+                return held.addCallback(lambda _: self.through(fn, *args))
+            return self.through(fn, *args)
+
+        recorder = UsageRecorder(TokenStore(self.database.queries(), runner), self.clock)
+        self.use(recorder, 3)
+        first = Deferred.fromCoroutine(recorder.flush())
+        self.use(recorder, 2)
+        second = Deferred.fromCoroutine(recorder.flush())
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        held.callback(None)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(self.counted(), 5)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_failed_write_is_journaled_once(self) -> None:
         """
