@@ -20,9 +20,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from linkrouter.adminguard import AdminGuard
-from linkrouter.errors import APIError, Dialect, anthropic_style, render_json
+from linkrouter.errors import APIError, Dialect, anthropic_style, render_json, write_error
 from linkrouter.labels import MAX_LABEL_LENGTH, label_problem  # noqa: F401 - re-exported
 from linkrouter.store import RevocationCache, TokenRecord, TokenStore
 from linkrouter.timefmt import isoformat
@@ -271,16 +272,15 @@ class MetricsResource(Resource):
         """Behind the admin key, a missing or wrong key is refused before any body."""
         return _refused_early(self._guard, request) if self._guard is not None else None
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: IRequest) -> int | bytes:
         try:
             if self._guard is not None:
                 self._guard.check(request)
             if request.method not in (b"GET", b"HEAD"):
                 raise _not_allowed(request, b"GET")
         except APIError as error:
-            request.setResponseCode(error.status)
-            request.responseHeaders.setRawHeaders(b"content-type", [b"application/json"])
-            return error.body()
+            write_error(request, error)
+            return NOT_DONE_YET
         body: bytes
         content_type: str
         body, content_type = self._metrics.exposition()

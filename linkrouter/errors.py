@@ -240,6 +240,6 @@ class ErrorResource(Resource):
         """Refused whatever the body holds: answered as soon as the headers are in."""
         return self.error, self.dialect
 
-    def render(self, request: IRequest) -> bytes:
-        request.setResponseCode(self.error.status)
-        return self.dialect.style(self.error, request.responseHeaders)
+    def render(self, request: IRequest) -> int:
+        write_error(request, self.error, self.dialect)
+        return NOT_DONE_YET

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import ITCPTransport
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 
 from linkrouter.access import REQUEST_ID_HEADER, AccessLog, log_access, note
 from linkrouter.admin import MetricsResource
@@ -61,7 +62,7 @@ class PlainText(Resource):
         super().__init__()
         self._text = text
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: IRequest) -> int | bytes:
         if request.method not in (b"GET", b"HEAD"):
             return _method_not_allowed(request, b"GET, HEAD")
         request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
@@ -69,12 +70,12 @@ class PlainText(Resource):
         return self._text
 
 
-def _method_not_allowed(request: IRequest, allowed: bytes) -> bytes:
+def _method_not_allowed(request: IRequest, allowed: bytes) -> int:
     method = request.method.decode("ascii", "replace")
-    error = APIError(405, f"Method {method} is not allowed here.", "invalid_request_error")
-    request.setResponseCode(405)
     request.responseHeaders.setRawHeaders(b"allow", [allowed])
-    return MESSAGES.style(error, request.responseHeaders)
+    write_error(request, APIError(405, f"Method {method} is not allowed here.",
+                                  "invalid_request_error"))
+    return NOT_DONE_YET
 
 
 class Branch(Resource):
@@ -91,7 +92,7 @@ class Branch(Resource):
     def getChild(self, path: bytes, request: IRequest) -> IResource:  # noqa: N802
         return self._default
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: IRequest) -> int | bytes:
         return self._own.render(request)
 
 
@@ -103,7 +104,7 @@ class Root(Resource):
             return self  # "/" itself
         return not_found()
 
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: IRequest) -> int | bytes:
         if request.method not in (b"GET", b"HEAD"):
             return _method_not_allowed(request, b"GET, HEAD")
         request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain; charset=utf-8"])
