@@ -21,30 +21,25 @@ import stat
 import sys
 import time
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from linkrouter.accounts import AccountPool, AccountUnavailable, build_accounts
-from linkrouter.admin import IssueRequest, TokenAdmin
-from linkrouter.config import Config, ConfigError
-from linkrouter.credentials import claude_homes
+from linkrouter.config import Config
+from linkrouter.database import Database, StoreError, redact_url
 from linkrouter.errors import APIError
 from linkrouter.labels import escaped
+from linkrouter.parsing import ConfigError
+from linkrouter.revocations import RevocationCache
 from linkrouter.state import STRONG_SECRET_LENGTH, find_secret, store_missing_message
-from linkrouter.store import (
-    BlockingRunner,
-    Database,
-    RevocationCache,
-    StoreError,
-    TokenStore,
-    prepare,
-    redact_url,
-)
+from linkrouter.store import BlockingRunner, TokenStore, prepare
 from linkrouter.tap import Options as DaemonOptions
-from linkrouter.tokens import TokenAuthority
+
+if TYPE_CHECKING:
+    from linkrouter.admin import TokenAdmin
 
 
 class WallClock:
@@ -52,6 +47,10 @@ class WallClock:
 
     def seconds(self) -> float:
         return time.time()
+
+
+def _clock() -> IReactorTime:
+    return cast(IReactorTime, WallClock())
 
 
 class _JSONFlag(usage.Options):
@@ -73,7 +72,7 @@ class ListOptions(_JSONFlag):
 class _IdOptions(usage.Options):
     synopsis = "TOKEN_ID"
 
-    def parseArgs(self, token_id: str) -> None:  # noqa: N802 - twisted API
+    def parseArgs(self, token_id: str) -> None:  # type: ignore[override]  # noqa: N802
         self["id"] = token_id
 
 
@@ -181,6 +180,9 @@ def _option_names(options: usage.Options) -> dict[str, bool]:
 
 
 def _token_admin(config: Config) -> tuple[TokenAdmin, Any]:
+    from linkrouter.admin import TokenAdmin
+    from linkrouter.tokens import TokenAuthority
+
     secret, _ = find_secret(config, "token_secret")
     database = _existing_store(config)
     try:
@@ -189,7 +191,7 @@ def _token_admin(config: Config) -> tuple[TokenAdmin, Any]:
     except StoreError as e:
         raise ConfigError("--database", str(e)) from None
     store = TokenStore(database.queries(), BlockingRunner(connection))
-    clock = WallClock()
+    clock = _clock()
     authority = TokenAuthority(secret.encode("utf-8"), clock)
     return TokenAdmin(authority, store, RevocationCache(store), clock), connection
 
@@ -219,6 +221,8 @@ def tokens(config: Config, options: usage.Options, out: TextIO) -> int:
     try:
         command, sub = options.subCommand, options.subOptions
         if command == "issue":
+            from linkrouter.admin import IssueRequest
+
             ask = IssueRequest.from_json({"label": sub["label"], "ttl_hours": sub["ttl-hours"]})
             result = run_now(admin.issue(ask))
             out.write(json.dumps(result, indent=2) + "\n")
@@ -295,12 +299,15 @@ def _check_secret(config: Config, which: str, report: _Report) -> None:
 
 def doctor(config: Config, out: TextIO, online: bool = False) -> int:
     """Check what the daemon would need; print one line per check; 1 if any failed."""
+    from linkrouter.accounts import AccountPool, AccountUnavailable, build_accounts
+    from linkrouter.credentials import claude_homes
+
     report = _Report(out)
     _check_state(config, report)
     accounts = build_accounts(
         config.upstream_api_key, config.oauth_token,
-        claude_homes(config.claude_code_homes, WallClock(), maybeDeferred),
-        WallClock(), None, maybeDeferred, config.refresh_margin,
+        claude_homes(config.claude_code_homes, _clock(), maybeDeferred),
+        _clock(), None, maybeDeferred, config.refresh_margin,
     )
     usable = 0
     for account in accounts:
@@ -317,7 +324,7 @@ def doctor(config: Config, out: TextIO, online: bool = False) -> int:
                + (" (EXPIRED: the router will refresh it)" if expired and refreshable else "")
                + (" (EXPIRED: log in again)" if expired and not refreshable else ""))
     if not usable:
-        report(False, "credential", AccountPool(accounts, WallClock()).missing_message([]))
+        report(False, "credential", AccountPool(accounts, _clock()).missing_message([]))
     else:
         report(True, "credential", f"{usable} of {len(accounts)} account(s) usable")
     for kind, path in (("TLS certificate", config.tls_cert), ("TLS key", config.tls_key),

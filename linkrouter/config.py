@@ -37,13 +37,15 @@ from linkrouter.defaults import (  # noqa: F401 - re-exported for callers of con
     LISTEN_BACKLOG,
     LOG_FORMATS,
 )
-from linkrouter.options import (  # noqa: F401 - re-exported
+from linkrouter.parsing import (  # noqa: F401 - re-exported
     ConfigError,
     parse_bool,
     parse_size,
+    port,
     sqlite_file,
     sqlite_url,
 )
+from linkrouter.parsing import database as database_url
 
 
 @frozen
@@ -99,10 +101,10 @@ def default_data_dir(env: Mapping[str, str]) -> Path:
 
 def _default_listen(env: Mapping[str, str]) -> str:
     host = env.get(o.ROUTER_HOST) or DEFAULT_HOST
-    port = o.port(o.ROUTER_PORT, env.get(o.ROUTER_PORT) or str(DEFAULT_PORT))
+    port_number = port(o.ROUTER_PORT, env.get(o.ROUTER_PORT) or str(DEFAULT_PORT))
     if ":" in host:
         host = host.replace(":", "\\:")
-    return f"tcp:port={port}:interface={host}:backlog={LISTEN_BACKLOG}"
+    return f"tcp:port={port_number}:interface={host}:backlog={LISTEN_BACKLOG}"
 
 
 def _secret(raw: Mapping[str, object], env: Mapping[str, str], value: o.Option[str],
@@ -134,7 +136,7 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
     # ~/.claude is an account only when no credential source was configured at all.
     homes = o.CLAUDE_CODE_HOME.read(raw, env) or (
         [] if oauth_token or upstream_api_key else ["~/.claude"])
-    database = o.DATABASE.value(raw, env) or o.database(
+    database = o.DATABASE.value(raw, env) or database_url(
         o.DATABASE.flag, sqlite_url(data_dir / "linkrouter.sqlite3"))
     tls_cert, tls_key = o.TLS_CERT.value(raw, env), o.TLS_KEY.value(raw, env)
     if (tls_cert is None) != (tls_key is None):

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from attrs import frozen
 
 from linkrouter.errors import APIError
-from linkrouter.options import sqlite_file
+from linkrouter.parsing import sqlite_file
 
 
 class StoreError(Exception):

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from attrs import field, frozen
 
-from linkrouter.config import Config, ConfigError
+from linkrouter.config import Config
 from linkrouter.options import ADMIN_KEY_FILE, TOKEN_SECRET_FILE
+from linkrouter.parsing import ConfigError
 
 #: A supplied token secret or admin key shorter than this stops start-up.
 MIN_SECRET_LENGTH = 16

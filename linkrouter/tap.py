@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from twisted.python import usage
 
 from linkrouter import __version__
-from linkrouter.config import Config, ConfigError
+from linkrouter.config import Config
 from linkrouter.config import resolve as resolve_config
 from linkrouter.options import (
     ADMIN_LISTEN,
@@ -29,6 +29,7 @@ from linkrouter.options import (
     accumulator,
     usage_table,
 )
+from linkrouter.parsing import ConfigError
 
 if TYPE_CHECKING:
     from linkrouter.service import RouterService

@@ -291,3 +291,60 @@ class JSONLogTests(TestCase):
                             for r in records))
         self.assertNotIn(SECRET, json.dumps(records))
         self.assertNotIn(ADMIN, json.dumps(records))
+
+
+def _stream(port: int, token: str, first: threading.Event) -> bytes:
+    """A streamed request over plain HTTP; sets C{first} once the answer has begun."""
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                  b"x-api-key: " + token.encode() + b"\r\ncontent-length: "
+                  + str(len(STREAM)).encode() + b"\r\n\r\n" + STREAM)
+        while chunk := s.recv(65536):
+            data += chunk
+            if b"message_start" in data:
+                first.set()
+    return data
+
+
+class SecondSignalTests(TestCase):
+    """Signals that arrive while the daemon is already draining."""
+
+    timeout = 60
+
+    async def test_second_sigterm_during_drain(self) -> None:
+        """
+        A second SIGTERM while a stream drains neither logs a C{ReactorNotRunning}
+        traceback nor cuts the stream: it finishes, and the exit status is 0.
+        """
+        holds: list[Deferred[None]] = []
+
+        def between(index: int) -> Deferred[None] | None:
+            if index == 2:
+                holds.append(Deferred())
+                return holds[-1]
+            return None
+
+        fake = FakeAnthropic(load_answers(RESPONSES), between_events=between)
+        _, upstream = await start_upstream(self, fake)
+        daemon = Daemon(self, upstream)
+        [port] = ports_of(await daemon.expect("READY=1"))
+        token = await in_thread(token_for, port)
+        first = threading.Event()
+        stream = in_thread(_stream, port, token, first)
+        await in_thread(first.wait, 20)
+        daemon.signal(signal.SIGTERM)
+        await daemon.expect("STOPPING=1")
+        daemon.signal(signal.SIGTERM)
+        daemon.signal(signal.SIGINT)
+        await sleep(0.5)
+        self.assertIsNone(daemon.process.poll())
+        holds[0].callback(None)
+        data = await stream
+        self.assertIn(b"message_stop", data)
+        self.assertEqual(await daemon.exit_status(), 0)
+        daemon.log.flush()
+        daemon.log.seek(0)
+        log = daemon.log.read()
+        self.assertNotIn("ReactorNotRunning", log)
+        self.assertNotIn("Traceback", log)

@@ -1,0 +1,198 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The router's collaborators, built once: secrets, the token store, the token authority,
+the account pool, the upstream client, the admin API and the metrics (L{build_router}),
+and the resource trees they serve (L{Router.resources}).
+
+Start-up work that may fail on bad configuration (data directory, secrets, opening and
+migrating the store) happens here, before the reactor runs, and raises L{ConfigError}
+naming the option.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.task import Cooperator
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import IResource
+
+from linkrouter.accounts import AccountPool, build_accounts
+from linkrouter.admin import MetricsResource, TokenAdmin, admin_resources
+from linkrouter.adminguard import AdminGuard
+from linkrouter.bedrock import BEDROCK, bedrock_route
+from linkrouter.config import Config
+from linkrouter.credentials import claude_homes
+from linkrouter.database import Database, StoreError, redact_url
+from linkrouter.dialects import Aliases, Route, messages_route, vertex_route
+from linkrouter.errors import MESSAGES, VERTEX, Dialect
+from linkrouter.gate import TokenGate
+from linkrouter.health import Health
+from linkrouter.journal import NAME as JOURNAL_NAME
+from linkrouter.journal import Journal
+from linkrouter.metrics import Metrics
+from linkrouter.oauth import TokenEndpoint
+from linkrouter.outage import Outage
+from linkrouter.parsing import ConfigError
+from linkrouter.profiles import InferenceProfiles, ModelCatalogue
+from linkrouter.proxy import Proxy
+from linkrouter.relay import Streams
+from linkrouter.resource import admin_tree, build_tree
+from linkrouter.revocations import RevocationCache
+from linkrouter.state import Secrets, load_secrets
+from linkrouter.store import TokenStore, prepare
+from linkrouter.storerunner import StoreRunner
+from linkrouter.surface import Surface
+from linkrouter.tokens import Gatekeeper, TokenAuthority
+from linkrouter.upstream import Upstream, http_client
+from linkrouter.usage import UsageRecorder
+
+_log = Logger(namespace="linkrouter")
+
+
+@frozen
+class Router:
+    """The collaborators of one running router, built once and shared by its resources."""
+
+    config: Config
+    secrets: Secrets
+    store: TokenStore
+    revocations: RevocationCache
+    usage: UsageRecorder
+    gatekeeper: Gatekeeper
+    pool: AccountPool
+    upstream: Upstream
+    admin: TokenAdmin
+    metrics: Metrics
+    streams: Streams
+
+    def resources(self) -> tuple[IResource, IResource | None]:
+        """The client tree, and the admin tree when the admin API has its own listeners."""
+        config = self.config
+
+        aliases = Aliases.parse(config.model_aliases)
+
+        def gate(route: Route, dialect: Dialect) -> IResource:
+            proxy = Proxy(self.pool, self.upstream, self.usage, route, dialect, self.metrics,
+                          self.streams)
+            return TokenGate(self.gatekeeper, proxy, dialect, self.metrics)
+
+        hint = (
+            "in " + self.secrets.admin_key_source
+            if not self.secrets.admin_key_source.startswith("--")
+            else "set by --admin-key"
+        )
+        guard = AdminGuard(self.secrets.admin_key, self.admin.clock, hint)
+        admin = admin_resources(self.admin, self.pool.to_json, guard)
+        guarded_metrics = MetricsResource(self.metrics, guard)
+        separate = bool(config.admin_listen)
+        surface = Surface.opening(config.allow_upstream)
+        tree = build_tree(
+            gate(messages_route(b"", surface), MESSAGES),
+            gate(messages_route(b"/api/latest/anthropic", surface), MESSAGES),
+            None if separate else admin,
+            config.api_formats,
+            bedrock=gate(bedrock_route(aliases), BEDROCK),
+            profiles=InferenceProfiles(ModelCatalogue(self.pool, self.upstream),
+                                       self.gatekeeper),
+            vertex=gate(vertex_route(aliases), VERTEX),
+            metrics=None if separate else guarded_metrics,
+        )
+        health = Health(self.revocations.problem)
+        tree.putChild(b"health", health)
+        admin_only = admin_tree(admin, guarded_metrics) if separate else None
+        if admin_only is not None:
+            admin_only.putChild(b"health", health)
+        return tree, admin_only
+
+
+def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
+                                                       HTTPConnectionPool]:
+    """Everything but the listeners. Blocking: call before the reactor runs."""
+    secrets = load_secrets(config)
+    for path in secrets.generated:
+        _log.info("Generated a new secret file (mode 0600): {path}", path=str(path))
+    _log.info("Token secret from {source}; admin key from {admin}",
+              source=secrets.token_secret_source, admin=secrets.admin_key_source)
+
+    store, runner, revocations, usage = _token_store(config, reactor)
+    authority = TokenAuthority(secrets.token_secret.encode("utf-8"), reactor)
+    gatekeeper = Gatekeeper(authority, revocations.is_revoked)
+    client, http_pool = http_client(reactor)
+    endpoint = TokenEndpoint(client, config.oauth_token_url, reactor, config.oauth_client_id)
+    accounts = AccountPool(
+        build_accounts(
+            config.upstream_api_key,
+            config.oauth_token,
+            claude_homes(config.claude_code_homes, reactor, deferToThread),
+            reactor,
+            endpoint,
+            deferToThread,
+            config.refresh_margin,
+        ),
+        reactor,
+        config.max_cooldown,
+    )
+    accounts.check_now()  # true from the start; warns about each account needing a login
+    upstream = Upstream(
+        client, config.upstream, reactor, Cooperator(scheduler=_scheduler(reactor)),
+        config.upstream_timeout, config.upstream_idle_timeout,
+    )
+    admin = TokenAdmin(authority, store, revocations, reactor)
+    metrics = Metrics(accounts.to_json, revocations.age)
+    for account in accounts.accounts:
+        account.on_refresh = lambda outcome: metrics.refreshes.labels(outcome).inc()
+    streams = Streams()
+    revocations.subscribe(streams.revoked)
+    router = Router(config, secrets, store, revocations, usage, gatekeeper, accounts,
+                    upstream, admin, metrics, streams)
+    return router, runner, http_pool
+
+
+def _token_store(config: Config, reactor: Any) -> tuple[TokenStore, StoreRunner,
+                                                         RevocationCache, UsageRecorder]:
+    """
+    Open and migrate the store, or (PostgreSQL not answering) start without it: tokens
+    are refused until it answers. Usage left in the journal by the last run is taken up.
+    """
+    database = Database(config.database)
+    revocations_known: frozenset[str] | None = None
+    try:
+        before, revocations_known = prepare(database, config.store_timeout)
+    except StoreError as e:
+        if not e.transient:
+            raise ConfigError("--database", str(e)) from None
+        _log.warn("{problem}; starting anyway: router tokens are refused (503) until the "
+                  "token store answers", problem=str(e))
+    else:
+        _log.info("Token store {url} (schema version {before} -> current)",
+                  url=redact_url(config.database), before=before)
+    runner = StoreRunner(database, reactor, config.store_timeout,
+                         size=1 if database.kind == "sqlite" else 4)
+    store = TokenStore(database.queries(), runner)
+    revocations = RevocationCache(store, clock=reactor,
+                                  max_staleness=config.revocation_max_staleness)
+    if revocations_known is not None:
+        revocations.loaded(revocations_known)
+    journal = Journal(config.data_dir / JOURNAL_NAME)
+    usage = UsageRecorder(
+        store, reactor, journal, deferToThread,
+        Outage(reactor, "usage", f"usage is kept in memory and in {journal.path} until it "
+                                 "answers"))
+    try:
+        usage.replay(journal.read())
+    except OSError as e:
+        raise ConfigError("--data-dir", f"cannot read {journal.path}: {e.strerror}") from None
+    if usage.unconfirmed:
+        _log.info("Writing {n} usage batch(es) left in {path} by the last run",
+                  n=len(usage.unconfirmed), path=str(journal.path))
+    return store, runner, revocations, usage
+
+
+def _scheduler(reactor: Any) -> Any:
+    return lambda work: reactor.callLater(0, work)
+
+
