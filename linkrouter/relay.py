@@ -19,13 +19,14 @@ once: the request, and the tokens its events reported so far.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import treq
 from attrs import define, field
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
+from twisted.web.iweb import IResponse
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from linkrouter.access import AccessNote
@@ -140,7 +141,7 @@ class Relay:
         ended (the clock stops while the client holds the upstream back).
     """
 
-    request: IRequest
+    request: Request
     claims: TokenClaims
     note: AccessNote
     shaper: Shaper
@@ -172,7 +173,7 @@ class Relay:
         self.streams.add(self)
         self.heard()
         try:
-            await treq.collect(_Paced(response, self), self._write)
+            await treq.collect(cast(IResponse, _Paced(response, self)), self._write)
         except Exception as e:  # noqa: BLE001 - any failure of the upstream read
             self._unregister()
             if not (self.gone or self._finished):

@@ -1,17 +1,22 @@
 """
 Every router-made error on a Bedrock route is in the AWS shape the Bedrock SDKs parse
 (C{{"message"}} and C{x-amzn-ErrorType}), whichever stage refuses: the body-size limit
-(announced or chunked), the token gate (when the headers arrive or at render), the
-dialect's route (404, 405) and the inference profiles. Over real loopback sockets.
+(announced or chunked, over HTTP/1.1 and HTTP/2), the token gate (when the headers
+arrive or at render), the dialect's route (404, 405) and the inference profiles. Over
+real loopback sockets.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
+from pathlib import Path
 from typing import Any
 
+import httpx
 from twisted.trial.unittest import TestCase
 
+from .certs import PKI
 from .harness import ADMIN_KEY, in_thread, start_router
 from .test_early import answer, headers_only
 
@@ -145,3 +150,31 @@ class BedrockErrorShapeTests(TestCase):
             self.assertEqual(code, status, body)
             self.assertEqual(set(body), {"message"}, body)
             self.assertIn(b"x-amzn-errortype", headers)
+
+    async def test_too_large_http2(self) -> None:
+        """Over HTTP/2 (answered when the stream ends) the Bedrock 413 is AWS-shaped too."""
+        pki = PKI.create()
+        files = pki.write(Path(self.mktemp()), pki.leaf())
+        running = await start_router(self, max_body_size=str(LIMIT), tls_cert=str(files.cert),
+                                     tls_key=str(files.key), tls_chain=str(files.chain),
+                                     tls_port="0")
+        token = (await running.issue())["token"]
+        [tls_port] = [await listener._waitingForPort  # noqa: SLF001 - the bound port
+                      for listener in running.service.other_listeners]
+        base = f"https://localhost:{tls_port.getHost().port}"
+        context = ssl.create_default_context(cafile=str(files.root))
+
+        def post(path: str) -> httpx.Response:
+            with httpx.Client(http2=True, verify=context, timeout=20) as client:
+                return client.post(base + path, content=b"x" * (LIMIT * 2),
+                                   headers={"authorization": "Bearer " + token})
+
+        response = await in_thread(post, "/model/m/invoke")
+        self.assertEqual(response.http_version, "HTTP/2")
+        self.aws(response.status_code, {k.encode(): v.encode() for k, v in
+                                        response.headers.items()},
+                 response.json(), 413, "ValidationException")
+        messages = await in_thread(post, "/v1/messages")
+        self.assertEqual((messages.status_code, messages.json()["error"]["type"]),
+                         (413, "request_too_large"))
+        self.assertEqual(running.upstream.received, [])
