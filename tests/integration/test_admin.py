@@ -1,4 +1,7 @@
-"""The admin API over loopback: issue, list, show, revoke, and every refusal."""
+"""
+The admin API over loopback: issue, list, show, revoke, and every refusal. The body
+checks alone: L{tests.unit.test_admin}.
+"""
 
 from __future__ import annotations
 
@@ -9,52 +12,13 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import TestCase
 
-from linkrouter.admin import MAX_LABEL_LENGTH, MAX_TTL_HOURS, IssueRequest
 from linkrouter.adminguard import MAX_FAILURES
-from linkrouter.errors import APIError
 from linkrouter.tokens import TokenAuthority
 
 from ..harness import ADMIN_KEY, TOKEN_SECRET, start_router
 from ..unit.test_labels import UNPRINTABLE
-
-
-class IssueRequestTests(SynchronousTestCase):
-    """Validation of the POST /api/tokens body."""
-
-    def assertBad(self, raw: bytes, fragment: str) -> None:
-        with self.assertRaises(APIError) as caught:
-            IssueRequest.parse(raw)
-        self.assertEqual(caught.exception.status, 400)
-        self.assertEqual(caught.exception.error_type, "invalid_request_error")
-        self.assertIn(fragment, caught.exception.message)
-
-    def test_defaults(self) -> None:
-        """An empty object (or empty body) means 24 hours and no label, as in the seed."""
-        self.assertEqual(IssueRequest.parse(b"{}"), IssueRequest(24, ""))
-        self.assertEqual(IssueRequest.parse(b""), IssueRequest(24, ""))
-
-    def test_valid(self) -> None:
-        """ttl_hours and label are taken as given."""
-        self.assertEqual(IssueRequest.parse(b'{"ttl_hours": 2, "label": "alice"}'),
-                         IssueRequest(2, "alice"))
-
-    def test_refusals(self) -> None:
-        """Bad JSON, wrong types, non-positive or absurd TTLs, long labels: 400."""
-        self.assertBad(b"{not json", "not valid JSON")
-        self.assertBad(b"[1]", "JSON object")
-        self.assertBad(b'{"ttl_hours": "24"}', "whole number")
-        self.assertBad(b'{"ttl_hours": true}', "whole number")
-        self.assertBad(b'{"ttl_hours": 1.5}', "whole number")
-        self.assertBad(b'{"ttl_hours": 0}', "at least 1")
-        self.assertBad(b'{"ttl_hours": -3}', "at least 1")
-        self.assertBad(json.dumps({"ttl_hours": MAX_TTL_HOURS + 1}).encode(), "at most")
-        self.assertBad(b'{"label": 5}', "label must be a string")
-        self.assertBad(json.dumps({"label": "x" * (MAX_LABEL_LENGTH + 1)}).encode(),
-                       "at most 200")
-        self.assertBad(b'{"label": "a\\nb"}', "control characters")
-        self.assertBad(b'{"ttl": 5}', "Unknown field")
 
 
 class AdminAPITests(TestCase):

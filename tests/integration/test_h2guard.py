@@ -8,7 +8,6 @@ meanwhile.
 
 from __future__ import annotations
 
-import configparser
 import select
 import socket
 import ssl
@@ -25,9 +24,7 @@ from hpack import Encoder
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 from twisted.internet import reactor
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.trial.unittest import SynchronousTestCase, TestCase
-
-from linkrouter.tls import default_alpn
+from twisted.trial.unittest import TestCase
 
 from ..certs import PKI
 from ..harness import Running, in_thread, start_router
@@ -340,24 +337,3 @@ class H2LimitTests(H2Case):
         self.assertIsNotNone(goaway)
         self.assertEqual(goaway[0], h2.errors.ErrorCodes.REFUSED_STREAM)
         self.assertIsNotNone(closed)
-
-
-class DefaultInstallTests(SynchronousTestCase):
-    """HTTP/2 is part of C{pip install .}, not an extra."""
-
-    def test_requirements(self) -> None:
-        """
-        install_requires carries Twisted's http2 extra and h2 (which ALPN's h2 offer
-        needs); the old C{http2} extra still resolves, as an alias.
-        """
-        setup = configparser.ConfigParser()
-        setup.read(Path(__file__).resolve().parents[2] / "setup.cfg")
-        required = setup["options"]["install_requires"].split()
-        [twisted] = [r for r in required if r.startswith("twisted[")]
-        self.assertIn("http2", twisted.split("]")[0])
-        self.assertTrue(any(r.startswith("h2") for r in required))
-        self.assertIn("twisted[http2]", setup["options.extras_require"]["http2"])
-
-    def test_alpn_offers_h2(self) -> None:
-        """With the default install's packages, TLS listeners offer h2 first."""
-        self.assertEqual(default_alpn(), (b"h2", b"http/1.1"))

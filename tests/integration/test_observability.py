@@ -1,4 +1,7 @@
-"""Metrics, request ids, structured access lines, JSON logs and the graceful stop."""
+"""
+Metrics, request ids, structured access lines and the graceful stop of a running router.
+The JSON line format alone: L{tests.unit.test_observability}.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import TestCase
 
 from linkrouter.logs import json_line
 from linkrouter.testing import FakeAnthropic, load_answers
@@ -144,20 +147,6 @@ class AccessLineTests(TestCase):
                          response.headers.getRawHeaders(b"x-request-id")[0].decode())
         self.assertEqual(record["level"], "info")
         self.assertNotIn(issued["token"], json_line(event))
-
-
-class JSONLineTests(SynchronousTestCase):
-    """The JSON line format itself."""
-
-    def test_plain_event(self) -> None:
-        """A non-access event is time, level, namespace and message."""
-        from twisted.logger import LogLevel
-
-        record = json.loads(json_line({"log_format": "hello {who}", "who": "you",
-                                       "log_time": 0, "log_level": LogLevel.warn,
-                                       "log_namespace": "x"}))
-        self.assertEqual(record, {"time": "1970-01-01T00:00:00+00:00", "level": "warn",
-                                  "namespace": "x", "message": "hello you"})
 
 
 class GracefulStopTests(TestCase):

@@ -1,7 +1,7 @@
 """
-Wording the router produces itself: the reason phrase on the status line (codes
-Twisted's table lacks, 429 first of all, get their standard phrase, not "Unknown
-Status"), and messages that end in one full stop, not two.
+Wording the router produces itself, from a running router: the reason phrase on the
+status line (codes Twisted's table lacks, 429 first of all, get their standard phrase,
+not "Unknown Status"), and a 502 for an unreachable upstream that reads as one sentence.
 """
 
 from __future__ import annotations
@@ -11,11 +11,8 @@ import json
 import time
 from urllib.parse import urlsplit
 
-from twisted.internet import error
-from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web._newclient import ResponseNeverReceived
+from twisted.trial.unittest import TestCase
 
-from linkrouter.errors import short_reason
 from linkrouter.testing import FakeAnthropic, Recorded, load_answers
 
 from ..harness import RESPONSES, in_thread, start_router
@@ -63,22 +60,6 @@ class ReasonPhraseTests(TestCase):
         status, reason, _ = await in_thread(answer, running.url, token)
         self.assertEqual(len(upstream.received), served, "the second 429 was the router's own")
         self.assertEqual((status, reason), (429, "Too Many Requests"))
-
-
-class FullStopTests(SynchronousTestCase):
-    """Messages built around a connection failure's text end in one full stop."""
-
-    def test_short_reason(self) -> None:
-        """
-        Twisted's connection errors end their text with a full stop; the short reason
-        the router puts inside its own sentences does not.
-        """
-        for failure in (error.ConnectionRefusedError(), error.TimeoutError(),
-                        error.DNSLookupError("upstream.invalid"),
-                        ResponseNeverReceived([error.ConnectionLost()])):
-            reason = short_reason(failure)
-            self.assertTrue(reason, failure)
-            self.assertFalse(reason.endswith("."), reason)
 
 
 class UnreachableUpstreamTests(TestCase):

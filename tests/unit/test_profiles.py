@@ -10,9 +10,9 @@ from typing import Any
 
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, Cooperator
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -21,10 +21,8 @@ from linkrouter.accounts import Account, AccountPool
 from linkrouter.credentials import Credential
 from linkrouter.errors import APIError
 from linkrouter.profiles import CACHE_SECONDS, FAILURE_CACHE_SECONDS, ModelCatalogue
-from linkrouter.testing import FakeAnthropic, Recorded, load_answers
 from linkrouter.upstream import Upstream
 
-from ..harness import RESPONSES, start_router
 from .test_failover import NOW, fake_account
 
 MODELS = {"data": [{"id": "claude-sonnet-4-5-20250929", "display_name": "Claude Sonnet 4.5"}]}
@@ -127,41 +125,6 @@ class CatalogueTests(SynchronousTestCase):
         self.pump()
         for d in later:
             self.assertEqual(len(self.successResultOf(d)), 1)
-
-
-class InferenceProfilesLoopbackTests(TestCase):
-    """The same through a running router, over loopback, with the fake upstream counting."""
-
-    timeout = 30
-
-    def model_calls(self, running: Any) -> int:
-        return len([r for r in running.upstream.received if r.uri.startswith(b"/v1/models")])
-
-    async def test_concurrent_cold_requests(self) -> None:
-        """Fifty concurrent cold GET /inference-profiles: one upstream call, fifty answers."""
-        running = await start_router(self)
-        http = running.http
-
-        async def one() -> int:
-            response = await http.get(running.url + "/inference-profiles")
-            listed = json.loads(await response.content())["inferenceProfileSummaries"]
-            self.assertTrue(listed)
-            return int(response.code)
-
-        codes = await gatherResults([Deferred.fromCoroutine(one()) for _ in range(50)])
-        self.assertEqual(codes, [200] * 50)
-        self.assertEqual(self.model_calls(running), 1)
-
-    async def test_failing_upstream_asked_once(self) -> None:
-        """While the upstream fails, twenty requests in a row make one upstream call."""
-        upstream = FakeAnthropic(load_answers(RESPONSES),
-                                 override=Recorded.error(500, "api_error", "down"))
-        running = await start_router(self, upstream)
-        for _ in range(20):
-            response = await running.http.get(running.url + "/inference-profiles")
-            body = await response.content()
-            self.assertEqual(response.code, 502, body)
-        self.assertEqual(self.model_calls(running), 1)
 
 
 class ByToken(Resource):

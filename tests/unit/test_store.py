@@ -1,12 +1,11 @@
 """
-The token store against real databases: a SQLite file in the test's temporary directory
-and a fresh database on the local PostgreSQL server (see L{tests.pg}).
+The token store against a real SQLite file in the test's temporary directory.
 
-Each behaviour is written once, in a mixin, and run on both backends: blocking (as the
-CLI and start-up use the store) in L{SynchronousTestCase}s, and through
-the daemon's L{linkrouter.storerunner.StoreRunner} on the real reactor in L{TestCase}s.
-Failures are made for real (a renamed table, a closed port, a path under a file), never
-with a mock.
+Each behaviour is written once, in a mixin, and run on every backend: blocking (as the
+CLI and start-up use the store) in L{SynchronousTestCase}s, and through the daemon's
+L{linkrouter.storerunner.StoreRunner} on the real reactor in L{TestCase}s. Failures are
+made for real (a renamed table, a path under a file), never with a mock. The same mixins
+on PostgreSQL: L{tests.integration.test_store}.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -43,7 +41,6 @@ from linkrouter.storerunner import StoreRunner
 from linkrouter.tokens import MAX_TIMESTAMP, TokenClaims
 from linkrouter.usage import UsageRecorder
 
-from .. import pg
 from ..harness import capture_logs
 
 #: A fixed "now" for records, so expected values are exact.
@@ -100,27 +97,6 @@ class SQLiteBackend(_Backend):
         return [
             f"sqlite:///{blocker.resolve()}/sub/linkrouter.sqlite3",  # parent is a file
             f"sqlite:///{directory}",  # the database path is a directory
-        ]
-
-
-class PostgreSQLBackend(_Backend):
-    chr_function = "CHR"
-
-    def new_database(self) -> Database:
-        return Database(pg.fresh_database(self))  # type: ignore[arg-type]
-
-    def query(self, database: Database, statement: str) -> list[tuple[Any, ...]]:
-        with psycopg.connect(database.url, autocommit=True, connect_timeout=5) as conn:
-            cursor = conn.execute(statement)
-            return list(cursor.fetchall()) if cursor.description else []
-
-    def unopenable(self) -> list[str]:
-        return [
-            # nothing listens on port 1
-            f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/x",
-            # the server answers, but there is no such database
-            f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/linkrouter_absent_{new_id()[:8]}",
-            f"postgres://postgres:{PASSWORD}@127.0.0.1:1/x",
         ]
 
 
@@ -506,39 +482,6 @@ class SQLiteStoreTests(SQLiteBackend, StoreTestsMixin, SynchronousTestCase):
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o640)
 
 
-class PostgreSQLStoreTests(PostgreSQLBackend, StoreTestsMixin, SynchronousTestCase):
-    """The store's contract on a PostgreSQL database."""
-
-    def test_password_not_in_error(self) -> None:
-        """
-        When the server cannot be reached, the L{StoreError} says where it tried and
-        why, with the URL's password replaced.
-        """
-        url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/x"
-        with self.assertRaises(StoreError) as caught:
-            prepare(Database(url))
-        message = str(caught.exception)
-        self.assertNotIn(PASSWORD, message)
-        self.assertIn("127.0.0.1", message)
-        self.assertIn("postgres:***@127.0.0.1:1/x", message)
-
-    def test_query_password_not_in_error(self) -> None:
-        """
-        A password given as a URL parameter (libpq's C{?password=}) is hidden from the
-        L{StoreError} message too.
-        """
-        url = f"postgresql://postgres@127.0.0.1:1/x?password={PASSWORD}"
-        with self.assertRaises(StoreError) as caught:
-            prepare(Database(url))
-        self.assertNotIn(PASSWORD, str(caught.exception))
-
-    def test_postgres_scheme(self) -> None:
-        """A C{postgres://} URL (Heroku's spelling) opens the same database."""
-        prepare(self.database)
-        alias = Database(self.database.url.replace("postgresql://", "postgres://", 1))
-        self.assertEqual(prepare(alias), (SCHEMA_VERSION, frozenset()))
-
-
 class PoolTestsMixin(_Backend):
     """
     The daemon's path: the store through its runner (worker threads, a time limit per
@@ -774,11 +717,5 @@ class PoolTestsMixin(_Backend):
 
 class SQLitePoolTests(SQLiteBackend, PoolTestsMixin, TestCase):
     """The daemon's store path on a SQLite file."""
-
-    timeout = 60
-
-
-class PostgreSQLPoolTests(PostgreSQLBackend, PoolTestsMixin, TestCase):
-    """The daemon's store path on a PostgreSQL database."""
 
     timeout = 60
