@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_observability -*-
+# -*- test-case-name: tests.unit.test_observability,tests.integration.test_observability -*-
 """
 The access log: one structured line per request, with what the resources learned while
 serving it (which token, which account, what the upstream said).

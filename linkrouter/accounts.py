@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_accounts -*-
+# -*- test-case-name: tests.unit.test_accounts -*-
 """
 Upstream accounts and the pool that chooses between them.
 

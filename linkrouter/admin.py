@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_admin -*-
+# -*- test-case-name: tests.unit.test_admin,tests.integration.test_admin -*-
 """
 The admin API: issue, list, show and revoke router tokens; show upstream accounts.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_adminguard -*-
+# -*- test-case-name: tests.unit.test_adminguard -*-
 """
 The admin key check, and the brake on guessing it.
 

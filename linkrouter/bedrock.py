@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dialects -*-
+# -*- test-case-name: tests.unit.test_dialects,tests.integration.test_dialects -*-
 """
 The Bedrock dialect: InvokeModel requests (C{/model/{id}/invoke},
 C{.../invoke-with-response-stream}, C{.../count-tokens}) turned into Messages calls, and

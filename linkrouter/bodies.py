@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_failover -*-
+# -*- test-case-name: tests.unit.test_failover -*-
 """Reading or discarding small upstream answers (errors, token and model lists)."""
 
 from __future__ import annotations

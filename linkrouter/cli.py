@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli,tests.integration.test_cli -*-
 """
 The C{linkrouter} console script, for operators:
 

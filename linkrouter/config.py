@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.unit.test_config -*-
 """
 Configuration: what the operator asked for (flags, then environment, then defaults),
 validated into one immutable L{Config}. (The data directory and the secrets in it are

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_connections -*-
+# -*- test-case-name: tests.unit.test_connections,tests.integration.test_connections -*-
 """
 Client connections: how many one process holds, and how long a request's head may take.
 

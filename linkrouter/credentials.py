@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_credentials -*-
+# -*- test-case-name: tests.unit.test_credentials -*-
 """
 Where the upstream credential comes from.
 

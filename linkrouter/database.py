@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.unit.test_store,tests.integration.test_store -*-
 """
 Where the token store lives (a C{sqlite:///} file or a C{postgresql://} server), how to
 open it, and the errors that say it cannot be used. Messages never carry a password.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.unit.test_config -*-
 """
 The router's default values and fixed names: a leaf module (standard library only), so
 low-level modules (OAuth, connections, resources) need not import the configuration.

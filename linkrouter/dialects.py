@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dialects -*-
+# -*- test-case-name: tests.unit.test_dialects,tests.integration.test_dialects -*-
 """
 The dialect route stage: what a client request asks of the upstream (path, body, betas,
 and how its answer is shaped on the way back), in the dialects that are not Bedrock's

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_early -*-
+# -*- test-case-name: tests.integration.test_early -*-
 """
 Answers given as soon as a request's headers have arrived, before any of its body is read.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_errors -*-
+# -*- test-case-name: tests.unit.test_surface,tests.integration.test_bedrock_errors -*-
 """
 The router's own errors, written in the shape its client's dialect parses: Anthropic's
 by default (below); a route's L{Dialect} names another (Bedrock's AWS shape), and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_eventstream -*-
+# -*- test-case-name: tests.unit.test_dialects -*-
 """
 The AWS event stream binary framing (C{application/vnd.amazon.eventstream}), as Bedrock's
 C{InvokeModelWithResponseStream} sends it:

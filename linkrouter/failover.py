@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_failover -*-
+# -*- test-case-name: tests.unit.test_failover -*-
 """
 Which account answers: the pool's accounts are tried in order until one gives an answer
 worth keeping.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_filelock -*-
+# -*- test-case-name: tests.integration.test_filelock -*-
 """
 A lock shared by every process on the host: C{flock(2)} on a directory.
 

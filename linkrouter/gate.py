@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.unit.test_proxy -*-
 """
 The token gate: who is asking. A request reaches the server behind it only with a valid,
 unrevoked router token; any other is refused in its route's dialect, when its headers

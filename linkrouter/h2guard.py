@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_h2guard -*-
+# -*- test-case-name: tests.unit.test_h2guard,tests.integration.test_h2guard -*-
 """
 HTTP/2 connections that a hostile client cannot use to exhaust the router.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_outage -*-
+# -*- test-case-name: tests.integration.test_outage -*-
 """
 C{/health}: C{200 ok} while the router can serve tokens, C{503} with a short reason when
 it cannot (its token store has not answered since start, or for longer than

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_journal -*-
+# -*- test-case-name: tests.unit.test_journal -*-
 """
 The usage journal: token usage the store has not confirmed, kept in a file of the data
 directory until it has.

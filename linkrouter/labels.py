@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_labels -*-
+# -*- test-case-name: tests.unit.test_labels -*-
 """
 Token labels are printable text.
 

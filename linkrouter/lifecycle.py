@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_lifecycle -*-
+# -*- test-case-name: tests.unit.test_lifecycle -*-
 """
 How a running router stops and reloads.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap,tests.integration.test_tap -*-
 """
 The router's listeners and the sites behind them: the client listeners (C{--listen}),
 the reloadable TLS listener (C{--tls-cert}), the admin listeners (C{--admin-listen}) and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_observability -*-
+# -*- test-case-name: tests.unit.test_observability,tests.integration.test_observability -*-
 """
 JSON log lines for journald and ELK: C{--log-format json} (or C{twistd --logger
 linkrouter.logs.json_observer}) writes one JSON object per event and line, with the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metering -*-
+# -*- test-case-name: tests.unit.test_metering -*-
 """
 Usage metering: reads token usage from a response as it passes, without holding it back.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_metrics -*-
+# -*- test-case-name: tests.integration.test_observability -*-
 """
 Prometheus metrics, on a registry of the router's own (so two routers in one process,
 as in the tests, do not share counters).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_oauth -*-
+# -*- test-case-name: tests.unit.test_oauth -*-
 """
 Refreshing Claude Code OAuth logins.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_options -*-
+# -*- test-case-name: tests.unit.test_options,tests.integration.test_options -*-
 """
 The table of options: each option's flag, environment variable(s), default, parser and
 help, written once.

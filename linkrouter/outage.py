@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_outage -*-
+# -*- test-case-name: tests.integration.test_outage -*-
 """
 One line when the token store stops answering a poller, one when it answers again:
 an outage is two log lines, not one a second.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_options -*-
+# -*- test-case-name: tests.unit.test_options,tests.integration.test_options -*-
 """
 Parsers for option values: each takes the option as errors name it and the text given
 (flag or environment) and returns the value, or raises L{ConfigError} naming the option.

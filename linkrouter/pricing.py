@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pricing -*-
+# -*- test-case-name: tests.unit.test_pricing -*-
 """
 What an answer would have cost on the Anthropic API: a price table and the arithmetic.
 

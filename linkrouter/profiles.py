@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dialects -*-
+# -*- test-case-name: tests.unit.test_dialects,tests.integration.test_dialects -*-
 """
 Bedrock's control plane, as Claude Code calls it: C{GET /inference-profiles} and
 C{GET /inference-profiles/{id}}.

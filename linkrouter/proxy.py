@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.unit.test_proxy -*-
 """
 The proxy: one admitted request through the stages of the request path, in order.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_accounts -*-
+# -*- test-case-name: tests.unit.test_accounts -*-
 """
 What the upstream's rate-limit headers say about an account: when it may be used again
 after a 429, and how much of each window it has used.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_accounts -*-
+# -*- test-case-name: tests.unit.test_accounts -*-
 """
 The lifecycle of one Claude Code login: read it, refresh it before it expires, notice a
 new login, give up only when the refresh token is really dead.

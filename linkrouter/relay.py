@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_relay -*-
+# -*- test-case-name: tests.integration.test_relay -*-
 """
 The relay: an upstream answer streamed back to its client through the dialect's shaper,
 metered as it passes, and ended early when it must be.

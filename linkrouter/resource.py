@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_resource -*-
+# -*- test-case-name: tests.unit.test_surface,tests.integration.test_integration -*-
 """
 The resource tree and the site that serves it.
 

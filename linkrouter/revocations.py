@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_revocations -*-
+# -*- test-case-name: tests.unit.test_revocations,tests.integration.test_revocations -*-
 """
 The revoked token ids, kept in memory so checking a token costs no query.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap,tests.integration.test_tap -*-
 """
 The router's collaborators, built once: secrets, the token store, the token authority,
 the account pool, the upstream client, the admin API and the metrics (L{build_router}),

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap,tests.integration.test_tap -*-
 """
 The composition root: L{makeService} builds the router once (L{linkrouter.router}), adds
 the store service (L{linkrouter.storeservice}), the upstream connection pool and the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.unit.test_store,tests.integration.test_store -*-
 """
 The token store: one row per token id (never the token), in SQLite or PostgreSQL.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_outage -*-
+# -*- test-case-name: tests.integration.test_outage -*-
 """
 Runs token store operations in worker threads, each with a time limit.
 

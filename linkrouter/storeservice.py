@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_outage -*-
+# -*- test-case-name: tests.integration.test_outage -*-
 """
 The token store as a service: its runner, the revocation poller and the usage flush,
 started and stopped with the router.

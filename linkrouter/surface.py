@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_surface -*-
+# -*- test-case-name: tests.unit.test_surface,tests.integration.test_surface -*-
 """
 What a router token opens upstream (DESIGN section 8): the inference calls, nothing else.
 

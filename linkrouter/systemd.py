@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_systemd -*-
+# -*- test-case-name: tests.unit.test_systemd,tests.integration.test_systemd -*-
 """
 systemd integration without libsystemd: the C{sd_notify} protocol (C{READY=1},
 C{RELOADING=1}, C{STOPPING=1}, C{STATUS=}, C{WATCHDOG=1}) and service credentials.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap,tests.integration.test_tap -*-
 """
 C{twistd linkrouter}: options (each also read from the environment) and C{makeService}.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_integration -*-
+# -*- test-case-name: tests.integration.test_integration -*-
 """
 A fake Anthropic API, for tests and benchmarks: real twisted.web resources that answer in
 the real wire format (recorded answers: status, headers, JSON body or SSE events) and

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tokens -*-
+# -*- test-case-name: tests.unit.test_tokens -*-
 """
 Timestamps as the router shows and stores them: Unix seconds as RFC 3339 UTC text.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.unit.test_tls,tests.integration.test_tls -*-
 """
 TLS for the router's listeners: a server context built from PEM files (TLS 1.2 or
 later, Mozilla's "intermediate" ciphers, a certificate chain, ALPN for HTTP/2), which

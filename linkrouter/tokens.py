@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tokens -*-
+# -*- test-case-name: tests.unit.test_tokens -*-
 """
 Router tokens: C{la_sk_} followed by an HS256 JWT.
 

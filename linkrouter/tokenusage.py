@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tokenusage -*-
+# -*- test-case-name: tests.unit.test_tokenusage -*-
 """
 Token usage of one answer: the L{Usage} value, and reading it from Anthropic C{usage} objects.
 

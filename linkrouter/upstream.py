@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.unit.test_proxy -*-
 """
 The upstream side of the request path: the HTTP client, the header rules, the request
 body producer, and one call upstream with its timeout.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_journal -*-
+# -*- test-case-name: tests.unit.test_journal -*-
 """
 Token usage, counted in memory per router token and written to the store in batches
 (every second in the daemon), so a busy router does not write once per request.
