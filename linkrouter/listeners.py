@@ -28,7 +28,8 @@ from linkrouter.connections import ConnectionGuard
 from linkrouter.defaults import LISTEN_BACKLOG
 from linkrouter.health import Health
 from linkrouter.parsing import ConfigError
-from linkrouter.resource import RouterSite, metrics_tree
+from linkrouter.resource import metrics_tree
+from linkrouter.site import RouterSite
 
 if TYPE_CHECKING:
     from linkrouter.router import Router

@@ -26,8 +26,8 @@ from linkrouter.accounts import AccountWatch
 from linkrouter.config import Config
 from linkrouter.listeners import HSTS, Listeners, address, open_listeners, with_backlog
 from linkrouter.parsing import ConfigError
-from linkrouter.resource import RouterSite
 from linkrouter.router import Router, build_router
+from linkrouter.site import RouterSite
 from linkrouter.storeservice import POLL_SECONDS, STOP_WRITE_SECONDS, StoreService
 from linkrouter.systemd import Notifier
 

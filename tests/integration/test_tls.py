@@ -29,7 +29,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web import http
 from twisted.web.resource import Resource
 
-from linkrouter.resource import RouterSite
+from linkrouter.site import RouterSite
 from linkrouter.tls import (
     TLS12_CIPHERS,
     ReloadableTLS,

@@ -48,7 +48,7 @@ class FakeRequest:
 
 
 class FakeSite:
-    """What the drain needs of L{linkrouter.resource.RouterSite}."""
+    """What the drain needs of L{linkrouter.site.RouterSite}."""
 
     def __init__(self) -> None:
         self.inflight: set[Any] = set()

@@ -23,7 +23,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface.verify import verifyObject
 
-from linkrouter.resource import PlainText, RouterSite
+from linkrouter.resource import PlainText
+from linkrouter.site import RouterSite
 from linkrouter.tls import (
     TLS12_CIPHERS,
     ReloadableTLS,
