@@ -107,7 +107,7 @@ def treq_relay(reactor: Any, pool: Any, base: str) -> Relay:
         def __getattr__(self, name: str) -> Any:
             return getattr(self._response, name)
 
-        def deliverBody(self, protocol: Any) -> None:  # noqa: N802 - IResponse
+        def deliverBody(self, protocol: Any) -> None:
             self._response.deliverBody(protocol)
             pace(self._request, self._state, getattr(protocol, "transport", None))
 
@@ -138,10 +138,10 @@ def agent_relay(reactor: Any, pool: Any, base: str) -> Relay:
         def __init__(self, request: Any, state: Relaying, done: Deferred[None]) -> None:
             self.request, self.state, self.done = request, state, done
 
-        def connectionMade(self) -> None:  # noqa: N802 - IProtocol
+        def connectionMade(self) -> None:
             pace(self.request, self.state, self.transport)
 
-        def dataReceived(self, data: bytes) -> None:  # noqa: N802 - IProtocol
+        def dataReceived(self, data: bytes) -> None:
             try:
                 self.request.write(data)
             except Exception:
@@ -149,7 +149,7 @@ def agent_relay(reactor: Any, pool: Any, base: str) -> Relay:
                 if not self.done.called:
                     self.done.errback(Failure())
 
-        def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - IProtocol
+        def connectionLost(self, reason: Failure) -> None:
             if self.done.called:  # cancelled: the client left
                 return
             if reason.check(ResponseDone, PotentialDataLoss):

@@ -144,9 +144,9 @@ def main() -> int:
         fill(url, args.revoked)
         print(f"revoked tokens: {args.revoked} (inserted in {time.monotonic() - t0:.1f} s)")
         port = args.port or free_port()
-        log = open(scratch / "router.log", "w")  # noqa: SIM115 - closed below
+        log = open(scratch / "router.log", "w")
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        process = subprocess.Popen(  # noqa: S603
+        process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
              "--pidfile=", "linkrouter",
              "--listen", f"tcp:{port}:interface=127.0.0.1", "--database", url,

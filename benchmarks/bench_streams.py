@@ -208,7 +208,7 @@ async def run_streams(args: argparse.Namespace, router_pid: int, port: int,
 
 
 def release(port: int) -> None:
-    urllib.request.urlopen(urllib.request.Request(  # noqa: S310 - loopback
+    urllib.request.urlopen(urllib.request.Request(
         f"http://{LOOPBACK}:{port}/release", data=b"", method="POST"), timeout=30).read()
 
 
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         children.append(subprocess.Popen(
             [sys.executable, __file__, "--role", "upstream", "--port", str(upstream_port),
              "--ping", str(args.ping)]))
-        log = open(scratch / "router.log", "wb")  # noqa: SIM115 - closed with the scratch
+        log = open(scratch / "router.log", "wb")
         children.append(subprocess.Popen(
             twistd() + ["-n", "--pidfile=", "linkrouter",
                         "--listen", f"tcp:{port}:interface={LOOPBACK}:backlog=4096",
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--upstream", f"http://{LOOPBACK}:{upstream_port}",
                         "--upstream-api-key", "sk-ant-bench"],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log,
-            stderr=subprocess.STDOUT, preexec_fn=raise_nofile))  # noqa: PLW1509
+            stderr=subprocess.STDOUT, preexec_fn=raise_nofile))
         router = children[-1]
         if not (wait_port(upstream_port, 20) and wait_port(port, 30)):
             print(f"a process did not start; see {scratch}", file=sys.stderr)

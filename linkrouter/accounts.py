@@ -275,7 +275,7 @@ class AccountPool:
         for account in self.accounts:
             try:
                 await account.probe(force=True)
-            except Exception:  # noqa: BLE001 - one bad account must not stop the others
+            except Exception:
                 self._log.failure("Re-reading account {id} failed", id=account.id)
 
     async def probe_waiting(self) -> None:
@@ -372,11 +372,11 @@ class AccountWatch(Service):
         d.addErrback(lambda f: AccountPool._log.failure("Looking at the accounts failed", f))
         return d
 
-    def startService(self) -> None:  # noqa: N802 - twisted API
+    def startService(self) -> None:
         super().startService()
         self._loop.start(PROBE_SECONDS, now=False)
 
-    def stopService(self) -> Deferred[None] | None:  # noqa: N802
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
         if self._loop.running:
             self._loop.stop()

@@ -31,7 +31,7 @@ async def read_small(response: Any, limit: int = SMALL_ANSWER) -> bytes:
 class _Dropper(Protocol):
     """Receives an answer nobody wants: closes its connection at once."""
 
-    def connectionMade(self) -> None:  # noqa: N802 - IProtocol
+    def connectionMade(self) -> None:
         # A response body's transport is its connection's producer, not an ITransport.
         cast(IPushProducer, self.transport).stopProducing()
 

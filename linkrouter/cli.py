@@ -72,7 +72,7 @@ class ListOptions(_JSONFlag):
 class _IdOptions(usage.Options):
     synopsis = "TOKEN_ID"
 
-    def parseArgs(self, token_id: str) -> None:  # type: ignore[override]  # noqa: N802
+    def parseArgs(self, token_id: str) -> None:  # type: ignore[override]
         self["id"] = token_id
 
 
@@ -93,7 +93,7 @@ class TokensOptions(usage.Options):
         ["revoke", None, RevokeOptions, "Revoke a token by id."],
     ]
 
-    def postOptions(self) -> None:  # noqa: N802
+    def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("choose one of: issue, list, show, revoke")
 
@@ -118,7 +118,7 @@ class Options(DaemonOptions):
         ["doctor", None, DoctorOptions, "Check configuration, store and credentials."],
     ]
 
-    def postOptions(self) -> None:  # noqa: N802
+    def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError("choose a command: tokens or doctor")
         super().postOptions()

@@ -72,22 +72,22 @@ class GuardedHTTPChannel(HTTPChannel):
     _reading_head = True
     _head_timer: Any = None
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - twisted API
+    def dataReceived(self, data: bytes) -> None:
         if self._reading_head and self._head_timer is None and data and self.header_timeout:
             self._head_timer = self.callLater(self.header_timeout, self._head_too_slow)
         super().dataReceived(data)
 
-    def allHeadersReceived(self) -> None:  # noqa: N802
+    def allHeadersReceived(self) -> None:
         self._reading_head = False
         self._stop_head_timer()
         super().allHeadersReceived()
 
-    def requestDone(self, request: Any) -> None:  # noqa: N802
+    def requestDone(self, request: Any) -> None:
         # The next request's head starts now: pipelined bytes replayed below start its clock.
         self._reading_head = True
         super().requestDone(request)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_head_timer()
         super().connectionLost(reason)
 
@@ -129,18 +129,18 @@ class GuardedChannelProtocol(_GenericHTTPChannelProtocol):
         self._reactor = reactor
         self._counted = False
 
-    def makeConnection(self, transport: Any) -> None:  # noqa: N802 - twisted API
+    def makeConnection(self, transport: Any) -> None:
         self._guard.open += 1
         self._counted = True
         super().makeConnection(transport)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._counted:
             self._counted = False
             self._guard.open -= 1
         super().connectionLost(reason)
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         if self._negotiatedProtocol is None:
             negotiated = getattr(self._channel.transport, "negotiatedProtocol", None)
             if negotiated == b"h2":
@@ -182,12 +182,12 @@ class OverCapacity(Protocol):
         self._answered = False
         self._cut: Any = None
 
-    def connectionMade(self) -> None:  # noqa: N802 - twisted API
+    def connectionMade(self) -> None:
         # A TCP (or TLS over TCP) connection: ITransport does not declare abortConnection.
         transport = cast(ITCPTransport, self.transport)
         self._cut = self._reactor.callLater(REFUSAL_GRACE, transport.abortConnection)
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         if self._answered:
             return
         self._answered = True
@@ -206,7 +206,7 @@ class OverCapacity(Protocol):
         transport.write(answer)
         transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._cut is not None and self._cut.active():
             self._cut.cancel()
 

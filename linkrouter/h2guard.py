@@ -179,7 +179,7 @@ class GuardedH2Connection(H2Connection):
                 Refused(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
                         "a header block unfinished after the header timeout"))
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - twisted API
+    def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
         try:
@@ -249,8 +249,8 @@ class GuardedH2Connection(H2Connection):
         transport.loseConnection()
         self.connectionLost(Failure(ConnectionLost(refused.reason)), _cancelTimeouts=False)
 
-    def connectionLost(self, reason: Failure = connectionDone,  # noqa: N802
-                       _cancelTimeouts: bool = True) -> None:  # noqa: N803
+    def connectionLost(self, reason: Failure = connectionDone,
+                       _cancelTimeouts: bool = True) -> None:
         if _cancelTimeouts:
             self._block_started(False)
             if self._cut is not None and self._cut.active():

@@ -85,17 +85,17 @@ class BytesProducer:
         self._body = body
         self.length = len(body)
 
-    def startProducing(self, consumer: Any) -> Deferred[None]:  # noqa: N802 - IBodyProducer
+    def startProducing(self, consumer: Any) -> Deferred[None]:
         consumer.write(self._body)
         return succeed(None)
 
-    def pauseProducing(self) -> None:  # noqa: N802
+    def pauseProducing(self) -> None:
         pass
 
-    def resumeProducing(self) -> None:  # noqa: N802
+    def resumeProducing(self) -> None:
         pass
 
-    def stopProducing(self) -> None:  # noqa: N802
+    def stopProducing(self) -> None:
         pass
 
 
@@ -134,7 +134,7 @@ class TokenEndpoint:
             body = await read_small(response, MAX_ANSWER)
         except CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - any network failure is transient
+        except Exception as e:
             raise RefreshFailed(f"token endpoint unreachable: {short_reason(e)}", False) from None
         now = self.clock.seconds()
         if response.code == 200:

@@ -96,16 +96,16 @@ class _Watched:
         self.producer = producer
         self._relay = relay
 
-    def pauseProducing(self) -> None:  # noqa: N802 - IPushProducer
+    def pauseProducing(self) -> None:
         self._relay.paused = True
         self.producer.pauseProducing()
 
-    def resumeProducing(self) -> None:  # noqa: N802
+    def resumeProducing(self) -> None:
         self._relay.paused = False
         self._relay.heard()
         self.producer.resumeProducing()
 
-    def stopProducing(self) -> None:  # noqa: N802
+    def stopProducing(self) -> None:
         self.producer.stopProducing()
 
 
@@ -125,7 +125,7 @@ class _Paced:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._response, name)
 
-    def deliverBody(self, protocol: Any) -> None:  # noqa: N802 - IResponse
+    def deliverBody(self, protocol: Any) -> None:
         self._response.deliverBody(protocol)
         producer = getattr(protocol, "transport", None)
         if producer is not None:
@@ -174,7 +174,7 @@ class Relay:
         self.heard()
         try:
             await treq.collect(cast(IResponse, _Paced(response, self)), self._write)
-        except Exception as e:  # noqa: BLE001 - any failure of the upstream read
+        except Exception as e:
             self._unregister()
             if not (self.gone or self._finished):
                 self._broken(e)

@@ -61,7 +61,7 @@ class Branch(Resource):
         self._default = default
         self._own = own or not_found()
 
-    def getChild(self, path: bytes, request: IRequest) -> IResource:  # noqa: N802
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
         return self._default
 
     def render(self, request: IRequest) -> int | bytes:
@@ -71,7 +71,7 @@ class Branch(Resource):
 class Root(Resource):
     """The root: HEAD / answers for Claude Code's probe; unknown paths get a JSON 404."""
 
-    def getChild(self, path: bytes, request: IRequest) -> IResource:  # noqa: N802
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
         if path == b"" and not request.postpath:
             return self  # "/" itself
         return not_found()

@@ -70,7 +70,7 @@ class RouterService(MultiService):
     def other_listeners(self) -> list[StreamServerEndpointService]:
         return self.listening.other
 
-    def privilegedStartService(self) -> None:  # noqa: N802 - twisted API
+    def privilegedStartService(self) -> None:
         """Bind the listeners; a port that cannot be bound is a configuration error."""
         Service.privilegedStartService(self)
         for child in self:
@@ -82,7 +82,7 @@ class RouterService(MultiService):
                     raise error from None
                 self.on_config_error(error)
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         self.reactor.callWhenRunning(self._running)
 
@@ -110,7 +110,7 @@ class RouterService(MultiService):
         return Deferred.fromCoroutine(
             lifecycle.reload(self.listening.tls, self.router.pool, self.notifier))
 
-    def stopService(self) -> Deferred[None]:  # noqa: N802
+    def stopService(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
@@ -137,13 +137,13 @@ class _PoolService(Service):
     def __init__(self, pool: HTTPConnectionPool) -> None:
         self._pool = pool
 
-    def stopService(self) -> Deferred[None]:  # noqa: N802
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         closed: Deferred[None] = self._pool.closeCachedConnections()
         return closed
 
 
-def makeService(config: Config, reactor: Any = None,  # noqa: N802
+def makeService(config: Config, reactor: Any = None,
                 environ: Mapping[str, str] | None = None) -> RouterService:
     """The router as a service: collaborators, store, pollers and listeners."""
     if reactor is None:

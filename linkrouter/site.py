@@ -62,7 +62,7 @@ class RouterRequest(server.Request):
     _answered = False
     _checked = False
 
-    def setResponseCode(self, code: int, message: bytes | None = None) -> None:  # noqa: N802
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         """As twisted.web's, with a standard phrase for codes its table lacks."""
         if not message and code not in http.RESPONSES:
             message = REASON_PHRASES.get(code)
@@ -76,7 +76,7 @@ class RouterRequest(server.Request):
     def _limit(self) -> int:
         return getattr(self._site, "max_body_size", DEFAULT_MAX_BODY_SIZE)
 
-    def gotLength(self, length: int | None) -> None:  # noqa: N802 - twisted.web API
+    def gotLength(self, length: int | None) -> None:
         note(self)
         if length is not None and length > self._limit:
             self._refuse((self._error(), self._dialect()))
@@ -86,7 +86,7 @@ class RouterRequest(server.Request):
             return
         super().gotLength(length)
 
-    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802
+    def handleContentChunk(self, data: bytes) -> None:
         if self._refusal is not None:
             return
         if not self._checked and self._check_early():
@@ -155,7 +155,7 @@ class RouterRequest(server.Request):
         abort = self.channel.callLater(LINGER_SECONDS, transport.abortConnection)
         self.notifyFinish().addBoth(lambda _: abort.cancel() if abort.active() else None)
 
-    def setHeader(self, name: bytes | str, value: bytes | str) -> None:  # noqa: N802
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
         # twisted.web's Request.process names itself and its version in a Server header
         # on every answer; the router tells no one what it runs.
         if name == b"Server" and value == server.version:
@@ -209,7 +209,7 @@ class RouterSite(server.Site):
         self.inflight: set[server.Request] = set()
         self._protocols: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - twisted API
+    def buildProtocol(self, addr: Any) -> Any:
         if self.guard.full:
             return OverCapacity(self.guard, self.reactor)
         protocol = super().buildProtocol(addr)

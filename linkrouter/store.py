@@ -396,7 +396,7 @@ def prepare(database: Database, timeout: float | None = None) -> tuple[int, froz
         return (transaction(conn, queries.migrate), transaction(conn, queries.revoked_ids))
     except StoreError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise StoreError(f"cannot migrate {redact_url(database.url)}: {_reason(e)}") from None
     finally:
         conn.close()

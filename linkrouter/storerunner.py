@@ -128,7 +128,7 @@ class StoreRunner:
                 self._idle_threads += 1
             try:
                 self.reactor.callFromThread(self._finish, call, result)
-            except Exception:  # noqa: BLE001, S110 - the reactor has stopped; nobody waits
+            except Exception:  # noqa: S110 - the reactor has stopped; nobody waits
                 pass
 
     def _run(self, call: _Call) -> object:
@@ -145,7 +145,7 @@ class StoreRunner:
             if call.abandoned:
                 raise StoreError("abandoned")
             result = transaction(connection, call.fn, *call.args)
-        except BaseException as e:  # noqa: BLE001 - delivered to the caller
+        except BaseException as e:
             if connection is not None:
                 _close_quietly(connection)
             return Failure(e)
@@ -188,12 +188,12 @@ def _interrupt(connection: Any) -> None:
         # the blocked thread's own descriptor stays valid until it closes it.
         with socket.socket(fileno=os.dup(fd)) as s:
             s.shutdown(socket.SHUT_RDWR)
-    except Exception:  # noqa: BLE001, S110 - already closed: nothing to interrupt
+    except Exception:  # noqa: S110 - already closed: nothing to interrupt
         pass
 
 
 def _close_quietly(connection: Any) -> None:
     try:
         connection.close()
-    except Exception:  # noqa: BLE001, S110 - a broken connection may refuse to close
+    except Exception:  # noqa: S110 - a broken connection may refuse to close
         pass

@@ -53,7 +53,7 @@ class StoreService(Service):
         for loop in self._loops:
             loop.clock = clock
 
-    def startService(self) -> None:  # noqa: N802 - twisted API
+    def startService(self) -> None:
         super().startService()
         self._stopped = [loop.start(POLL_SECONDS, now=True) for loop in self._loops]
 
@@ -61,7 +61,7 @@ class StoreService(Service):
         if not self._migrated:
             try:
                 before = await self._store.migrate()
-            except Exception as e:  # noqa: BLE001 - logged once per outage; retried
+            except Exception as e:
                 assert self._revocations.outage is not None
                 self._revocations.outage.failed(e)
                 return
@@ -70,7 +70,7 @@ class StoreService(Service):
                       "loading revocations", before=before)
         try:
             await self._revocations.refresh()
-        except Exception:  # noqa: BLE001 - the loop must keep running
+        except Exception:
             _log.failure("Refreshing revocations failed")
 
     async def _flush(self) -> None:
@@ -78,10 +78,10 @@ class StoreService(Service):
             return
         try:
             await self._usage.flush()
-        except Exception:  # noqa: BLE001 - the loop must keep running
+        except Exception:
             _log.failure("Writing token usage failed")
 
-    def stopService(self) -> Deferred[None]:  # noqa: N802
+    def stopService(self) -> Deferred[None]:
         super().stopService()
         return Deferred.fromCoroutine(self._stop())
 

@@ -84,7 +84,7 @@ class Options(usage.Options):
         sys.stdout.write(f"linkrouter {__version__}\n")
         sys.exit(0)
 
-    def postOptions(self) -> None:  # noqa: N802 - twisted API
+    def postOptions(self) -> None:
         raw = {key.replace("-", "_"): value for key, value in self.items()}
         try:
             self.config: Config = resolve_config(raw, self.environ)
@@ -95,7 +95,7 @@ class Options(usage.Options):
             # twistd builds its log observer from its own --logger after parsing options.
             parent["logger"] = "linkrouter.logs.json_observer"
 
-    def parseOptions(self, options: Any = None) -> None:  # noqa: N802
+    def parseOptions(self, options: Any = None) -> None:
         try:
             super().parseOptions(options)
         except ConfigUsageError as e:
@@ -114,7 +114,7 @@ def _stop(line: str) -> NoReturn:
     raise SystemExit(1)
 
 
-def makeService(options: Options, reactor: Any = None) -> RouterService:  # noqa: N802
+def makeService(options: Options, reactor: Any = None) -> RouterService:
     """
     Build the router service from parsed options (see L{linkrouter.service}).
 

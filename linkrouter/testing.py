@@ -211,7 +211,7 @@ class FakeTokenEndpoint(Resource):
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
 
-    def render_POST(self, request: Request) -> int | bytes:  # noqa: N802 - twisted.web API
+    def render_POST(self, request: Request) -> int | bytes:
         try:
             body = json.loads(request.content.read() if request.content is not None else b"")
         except ValueError:

@@ -206,8 +206,8 @@ class ReloadableTLS:
         self.alpn = default_alpn() if alpn is None else alpn
         self._current = _load(cert, key, chain, self.alpn)
 
-    def serverConnectionForTLS(  # noqa: N802 - Twisted interface
-        self, tlsProtocol: TLSMemoryBIOProtocol,  # noqa: N803
+    def serverConnectionForTLS(
+        self, tlsProtocol: TLSMemoryBIOProtocol,
     ) -> SSL.Connection:
         """A connection for a new handshake, from the current context."""
         return SSL.Connection(self._current.context, None)

@@ -286,7 +286,7 @@ class IdentityEncodingAgent:
     agent: IAgent
 
     def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
-                bodyProducer: Any = None) -> Deferred[Any]:  # noqa: N803 - IAgent
+                bodyProducer: Any = None) -> Deferred[Any]:
         if headers is not None:
             headers = headers.copy()
             headers.removeHeader(b"accept-encoding")
@@ -300,7 +300,7 @@ def http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
     reaches another's.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietClientFactory  # noqa: SLF001 - no public hook for the factory
+    pool._factory = _QuietClientFactory
     pool.maxPersistentPerHost = 128
     pool.cachedConnectionTimeout = 120
     agent = Agent(reactor, pool=pool, connectTimeout=CONNECT_TIMEOUT)

@@ -50,20 +50,20 @@ class RouterProcess:
         self.notify.setblocking(False)
         case.addCleanup(self.notify.close)
         self.log_path = base / "daemon.log"
-        self.log = open(self.log_path, "w+")  # noqa: SIM115 - closed in cleanup
+        self.log = open(self.log_path, "w+")
         case.addCleanup(self.log.close)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base),
                "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": self.notify_path}
         state = base / "state"
         state.mkdir(mode=0o700, exist_ok=True)
         preexec: Callable[[], None] | None = _drop_dac if honour_modes else None
-        self.process = subprocess.Popen(  # noqa: S603
+        self.process = subprocess.Popen(
             [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "linkrouter",
              "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", str(state),
              "--token-secret", TOKEN_SECRET, "--admin-key", ADMIN_KEY,
              "--shutdown-grace", "1", *args],
             cwd=base, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            preexec_fn=preexec,  # noqa: PLW1509 - one prctl call, before exec
+            preexec_fn=preexec,
         )
         case.addCleanup(self._kill)
         self.port: int | None = None

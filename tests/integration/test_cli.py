@@ -88,7 +88,7 @@ def run_process(argv: list[str], environ: dict[str, str], cwd: Path) -> Outcome:
     """Run C{linkrouter ARGV} as a process with only C{environ} (and PATH, PYTHONPATH)."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)}
     env.update(environ)
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [sys.executable, "-c", CONSOLE_SCRIPT, *argv], cwd=cwd, env=env,
         capture_output=True, text=True, timeout=60, check=False,
     )
@@ -114,7 +114,7 @@ class WrongPlaceTests(SynchronousTestCase):
     def tree(self) -> list[Path]:
         return sorted(self.base.rglob("*"))
 
-    def assertPointsAtDaemon(self, text: str) -> None:  # noqa: N802
+    def assertPointsAtDaemon(self, text: str) -> None:
         for phrase in (str(self.data_dir), "--data-dir", "LINKROUTER_DATA_DIR",
                        "/var/lib/linkrouter", "TOKEN_SECRET_FILE"):
             self.assertIn(phrase, text)

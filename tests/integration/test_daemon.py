@@ -51,7 +51,7 @@ class Daemon:
         self.notify.setblocking(False)
         case.addCleanup(self.notify.close)
         self.messages: list[str] = []
-        self.log = open(base / "daemon.log", "w+")  # noqa: SIM115 - closed in cleanup
+        self.log = open(base / "daemon.log", "w+")
         case.addCleanup(self.log.close)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -59,7 +59,7 @@ class Daemon:
             "PYTHONPATH": str(REPO),
             "NOTIFY_SOCKET": str(self.notify_path),
         }
-        self.process = subprocess.Popen(  # noqa: S603
+        self.process = subprocess.Popen(
             [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "linkrouter",
              "--listen", "tcp:0:interface=127.0.0.1", "--upstream", upstream,
              "--data-dir", str(base / "state"), "--token-secret", SECRET,

@@ -70,7 +70,7 @@ class DirectoryLockTests(SynchronousTestCase):
 
     def test_other_process(self) -> None:
         """The lock excludes another process that holds it with flock(2)."""
-        child = subprocess.Popen(  # noqa: S603
+        child = subprocess.Popen(
             [sys.executable, "-c", HOLDER, str(self.directory)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.addCleanup(child.wait, 10)

@@ -373,7 +373,7 @@ class CacheUsageTests(TestCase):
 
 
 class _Banner(Protocol):
-    def connectionMade(self) -> None:  # noqa: N802 - twisted API
+    def connectionMade(self) -> None:
         self.transport.write(b"SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13.5\r\n")
 
 

@@ -152,7 +152,7 @@ class _AccountCase(SynchronousTestCase):
     def now(self) -> float:
         return self.clock.seconds()
 
-    def assertNoSecretLogged(self, *extra: str) -> None:  # noqa: N802 - unittest style
+    def assertNoSecretLogged(self, *extra: str) -> None:
         """No log line carries a token (old, refreshed, or C{extra})."""
         text = self.logs.text()
         self.assertTrue(self.logs.lines)

@@ -115,7 +115,7 @@ class CLITestsMixin:
         self.assertEqual(outcome.status, 0, outcome.err)
         return outcome.json()
 
-    def assertFailed(self, outcome: Outcome, *phrases: str) -> None:  # noqa: N802
+    def assertFailed(self, outcome: Outcome, *phrases: str) -> None:
         """The command failed, printed nothing on stdout, and said why on stderr."""
         self.assertNotEqual(outcome.status, 0)
         self.assertEqual(outcome.out, "")

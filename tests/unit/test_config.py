@@ -556,7 +556,7 @@ class SecretStrengthTests(SynchronousTestCase):
         self.assertTrue(loaded.admin_key.startswith("la_admin_"))
         self.assertEqual(decoded_length(loaded.admin_key[len("la_admin_"):]), 32)
 
-    def assertTooShort(self, option: str, value: str, cfg: Config) -> None:  # noqa: N802
+    def assertTooShort(self, option: str, value: str, cfg: Config) -> None:
         error = self.assertRaises(ConfigError, load_secrets, cfg)
         self.assertTrue(str(error).startswith(option), str(error))
         self.assertIn(str(MIN_SECRET_LENGTH), str(error))

@@ -422,13 +422,13 @@ class FakeResponse:
     def length(self) -> int:
         return len(self.body)
 
-    def deliverBody(self, protocol: Any) -> None:  # noqa: N802 - IResponse
+    def deliverBody(self, protocol: Any) -> None:
         protocol.makeConnection(self)
         if not self.dropped:
             protocol.dataReceived(self.body)
             protocol.connectionLost(Failure(ResponseDone()))
 
-    def stopProducing(self) -> None:  # noqa: N802 - the body's transport
+    def stopProducing(self) -> None:
         self.dropped = True
 
 

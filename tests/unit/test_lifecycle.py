@@ -29,7 +29,7 @@ class FakeRequest:
         if site is not None:
             site.inflight.add(self)
 
-    def notifyFinish(self) -> Deferred[None]:  # noqa: N802 - twisted API
+    def notifyFinish(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
         self._waiting.append(d)
         return d
@@ -211,7 +211,7 @@ class FakeReactor:
         self.stops = 0
         self.stopped = False
 
-    def callFromThread(self, f: Any, *args: Any) -> None:  # noqa: N802
+    def callFromThread(self, f: Any, *args: Any) -> None:
         f(*args)
 
     def stop(self) -> None:

@@ -39,7 +39,7 @@ class CountingUpstream(Resource):
         self.status = 200
         self.held: list[IRequest] = []
 
-    def render_GET(self, request: IRequest) -> int:  # noqa: N802 - twisted.web API
+    def render_GET(self, request: IRequest) -> int:
         self.calls += 1
         self.held.append(request)
         return NOT_DONE_YET
@@ -137,7 +137,7 @@ class ByToken(Resource):
         self.statuses = statuses
         self.asked: list[str] = []
 
-    def render_GET(self, request: IRequest) -> bytes:  # noqa: N802 - twisted.web API
+    def render_GET(self, request: IRequest) -> bytes:
         token = (request.getHeader(b"authorization") or request.getHeader(b"x-api-key")
                  or b"").decode().removeprefix("Bearer ")
         self.asked.append(token)

@@ -54,7 +54,7 @@ class Streaming(Resource):
         self.written: list[bytes] = []
         self._gone = False
 
-    def render_GET(self, request: IRequest) -> Any:  # noqa: N802 - twisted.web API
+    def render_GET(self, request: IRequest) -> Any:
         request.setHeader(b"content-type", b"text/plain")
         request.notifyFinish().addErrback(lambda _: setattr(self, "_gone", True))
         self._write(request, b"one")

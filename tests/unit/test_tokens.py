@@ -516,7 +516,7 @@ class ClaimRangeTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.authority, self.clock = authority()
 
-    def assertMalformed(self, **claims: Any) -> None:  # noqa: N802
+    def assertMalformed(self, **claims: Any) -> None:
         token = hand_built(seed_claims(**claims))
         error = self.assertRaises(TokenError, self.authority.verify, token)
         self.assertEqual((error.status, error.error_type, error.reason),
