@@ -144,7 +144,7 @@ def main() -> int:
         fill(url, args.revoked)
         print(f"revoked tokens: {args.revoked} (inserted in {time.monotonic() - t0:.1f} s)")
         port = args.port or free_port()
-        log = open(scratch / "router.log", "w")
+        log = open(scratch / "router.log", "w")  # closed below
         env = dict(os.environ, PYTHONPATH=str(REPO))
         process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",

@@ -208,7 +208,7 @@ async def run_streams(args: argparse.Namespace, router_pid: int, port: int,
 
 
 def release(port: int) -> None:
-    urllib.request.urlopen(urllib.request.Request(
+    urllib.request.urlopen(urllib.request.Request(  # loopback
         f"http://{LOOPBACK}:{port}/release", data=b"", method="POST"), timeout=30).read()
 
 
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         children.append(subprocess.Popen(
             [sys.executable, __file__, "--role", "upstream", "--port", str(upstream_port),
              "--ping", str(args.ping)]))
-        log = open(scratch / "router.log", "wb")
+        log = open(scratch / "router.log", "wb")  # closed with the scratch
         children.append(subprocess.Popen(
             twistd() + ["-n", "--pidfile=", "linkrouter",
                         "--listen", f"tcp:{port}:interface={LOOPBACK}:backlog=4096",

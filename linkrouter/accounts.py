@@ -275,7 +275,7 @@ class AccountPool:
         for account in self.accounts:
             try:
                 await account.probe(force=True)
-            except Exception:
+            except Exception:  # one bad account must not stop the others
                 self._log.failure("Re-reading account {id} failed", id=account.id)
 
     async def probe_waiting(self) -> None:

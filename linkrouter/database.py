@@ -134,7 +134,7 @@ class Database:
             raise StoreError(
                 "PostgreSQL support needs psycopg: pip install 'linkrouter[postgresql]'"
             ) from None
-        except Exception as e:
+        except Exception as e:  # DB-API errors have no common base
             raise StoreError(f"cannot open {redact_url(self.url)}: {_reason(e)}",
                              transient=self.kind == "postgresql" and _transient(e)) from None
 

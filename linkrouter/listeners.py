@@ -85,7 +85,7 @@ class Listeners:
         for description in map(with_backlog, descriptions):
             try:
                 listener = strports.service(description, site, reactor=self.reactor)
-            except Exception as e:
+            except Exception as e:  # endpoint parsers raise many types
                 raise ConfigError(option, f"{description!r} is not a usable endpoint: {e}"
                                   ) from None
             listener.setServiceParent(self.parent)
@@ -103,7 +103,7 @@ class Listeners:
         endpoint = TLSServerEndpoint(self.reactor, config.tls_port, tls,
                                      interface=_default_host(config), backlog=LISTEN_BACKLOG)
         listener = StreamServerEndpointService(endpoint, site)
-        listener._raiseSynchronously = True
+        listener._raiseSynchronously = True  # as strports.service does
         listener.setServiceParent(self.parent)
         self.other.append(listener)
         self.tls.append(tls)
@@ -114,7 +114,7 @@ class Listeners:
         """The bound ports of all listeners (after start-up), e.g. to learn port 0's."""
         ports = []
         for listener in self.all:
-            waiting = listener._waitingForPort
+            waiting = listener._waitingForPort  # the service keeps no public handle
             assert waiting is not None, "ports() before the listeners started"
             ports.append(await waiting)
         return ports

@@ -134,7 +134,7 @@ class TokenEndpoint:
             body = await read_small(response, MAX_ANSWER)
         except CancelledError:
             raise
-        except Exception as e:
+        except Exception as e:  # any network failure is transient
             raise RefreshFailed(f"token endpoint unreachable: {short_reason(e)}", False) from None
         now = self.clock.seconds()
         if response.code == 200:

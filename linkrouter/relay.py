@@ -174,7 +174,7 @@ class Relay:
         self.heard()
         try:
             await treq.collect(cast(IResponse, _Paced(response, self)), self._write)
-        except Exception as e:
+        except Exception as e:  # any failure of the upstream read
             self._unregister()
             if not (self.gone or self._finished):
                 self._broken(e)

@@ -118,7 +118,7 @@ class RevocationCache:
             for callback in self._listeners:
                 try:
                     callback(token_id)
-                except Exception:
+                except Exception:  # one listener must not stop the others
                     self._log.failure("A revocation listener failed")
 
     async def refresh(self) -> None:
@@ -132,7 +132,7 @@ class RevocationCache:
             else:
                 assert self.loaded_at is not None
                 ids = await self.store.revoked_since(int(self.loaded_at) - OVERLAP_SECONDS)
-        except Exception as e:
+        except Exception as e:  # keep the last good set and keep polling
             assert self.outage is not None
             self.outage.failed(e)
             return

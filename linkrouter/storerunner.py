@@ -145,7 +145,7 @@ class StoreRunner:
             if call.abandoned:
                 raise StoreError("abandoned")
             result = transaction(connection, call.fn, *call.args)
-        except BaseException as e:
+        except BaseException as e:  # delivered to the caller
             if connection is not None:
                 _close_quietly(connection)
             return Failure(e)

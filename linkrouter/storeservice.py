@@ -61,7 +61,7 @@ class StoreService(Service):
         if not self._migrated:
             try:
                 before = await self._store.migrate()
-            except Exception as e:
+            except Exception as e:  # logged once per outage; retried
                 assert self._revocations.outage is not None
                 self._revocations.outage.failed(e)
                 return
@@ -70,7 +70,7 @@ class StoreService(Service):
                       "loading revocations", before=before)
         try:
             await self._revocations.refresh()
-        except Exception:
+        except Exception:  # the loop must keep running
             _log.failure("Refreshing revocations failed")
 
     async def _flush(self) -> None:
@@ -78,7 +78,7 @@ class StoreService(Service):
             return
         try:
             await self._usage.flush()
-        except Exception:
+        except Exception:  # the loop must keep running
             _log.failure("Writing token usage failed")
 
     def stopService(self) -> Deferred[None]:

@@ -300,7 +300,7 @@ def http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
     reaches another's.
     """
     pool = HTTPConnectionPool(reactor, persistent=True)
-    pool._factory = _QuietClientFactory
+    pool._factory = _QuietClientFactory  # no public hook for the factory
     pool.maxPersistentPerHost = 128
     pool.cachedConnectionTimeout = 120
     agent = Agent(reactor, pool=pool, connectTimeout=CONNECT_TIMEOUT)

@@ -96,7 +96,7 @@ class UsageRecorder:
             batch = self.unconfirmed[0]
             try:
                 await self.store.add_usage(batch.deltas, batch.id, int(self.clock.seconds()))
-            except Exception as e:
+            except Exception as e:  # kept; the next flush tries again
                 self._failed(e)
                 await self.save()
                 return
@@ -106,7 +106,7 @@ class UsageRecorder:
         if journaled and self.journal is not None:
             try:
                 await self.offload(self.journal.clear)
-            except Exception:
+            except Exception:  # replaying it later counts nothing twice
                 self._log.failure("Could not remove {path}", path=str(self.journal.path))
 
     def _failed(self, error: Exception) -> None:
@@ -126,7 +126,7 @@ class UsageRecorder:
             return
         try:
             await self.offload(self.journal.append, fresh)
-        except Exception:
+        except Exception:  # still in memory; the next flush retries
             self._log.failure("Could not append token usage to {path}",
                               path=str(self.journal.path))
             return

@@ -50,7 +50,7 @@ class RouterProcess:
         self.notify.setblocking(False)
         case.addCleanup(self.notify.close)
         self.log_path = base / "daemon.log"
-        self.log = open(self.log_path, "w+")
+        self.log = open(self.log_path, "w+")  # closed in cleanup
         case.addCleanup(self.log.close)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base),
                "PYTHONPATH": str(REPO), "NOTIFY_SOCKET": self.notify_path}
@@ -63,7 +63,7 @@ class RouterProcess:
              "--token-secret", TOKEN_SECRET, "--admin-key", ADMIN_KEY,
              "--shutdown-grace", "1", *args],
             cwd=base, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            preexec_fn=preexec,
+            preexec_fn=preexec,  # one prctl call, before exec
         )
         case.addCleanup(self._kill)
         self.port: int | None = None

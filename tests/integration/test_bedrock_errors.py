@@ -159,7 +159,7 @@ class BedrockErrorShapeTests(TestCase):
                                      tls_key=str(files.key), tls_chain=str(files.chain),
                                      tls_port="0")
         token = (await running.issue())["token"]
-        [tls_port] = [await listener._waitingForPort
+        [tls_port] = [await listener._waitingForPort  # the bound port
                       for listener in running.service.other_listeners]
         base = f"https://localhost:{tls_port.getHost().port}"
         context = ssl.create_default_context(cafile=str(files.root))

@@ -51,7 +51,7 @@ class Daemon:
         self.notify.setblocking(False)
         case.addCleanup(self.notify.close)
         self.messages: list[str] = []
-        self.log = open(base / "daemon.log", "w+")
+        self.log = open(base / "daemon.log", "w+")  # closed in cleanup
         case.addCleanup(self.log.close)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

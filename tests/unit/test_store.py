@@ -186,7 +186,7 @@ class StoreTestsMixin(_Backend):
                 try:
                     barrier.wait()
                     prepare(database)
-                except Exception as e:
+                except Exception as e:  # reported by the assertion below
                     errors.append(f"{type(e).__name__}: {e}")
 
             threads = [threading.Thread(target=open_store) for _ in range(4)]
