@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from twisted.web import http
+from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, getChildForRequest
@@ -53,7 +53,12 @@ def early_refusal(root: IResource, request: Any, method: bytes, uri: bytes) -> R
     Walk C{root} for C{method} and C{uri} (L{leaf_for}) and ask the resource found
     whether it refuses the request now.
     """
-    check = getattr(leaf_for(root, request, method, uri), "refuse_early", None)
+    return refusal_of(leaf_for(root, request, method, uri), request)
+
+
+def refusal_of(leaf: IResource, request: Any) -> Refusal | None:
+    """What C{leaf} refuses of C{request} from its headers alone (C{None}: nothing)."""
+    check = getattr(leaf, "refuse_early", None)
     if check is None:
         return None
     found: Refusal | None = check(request)
@@ -65,7 +70,7 @@ def raw_answer(refusal: Refusal, request: IRequest, request_id: str) -> bytes:
     error, dialect = refusal
     headers = Headers()
     body = dialect.style(error, headers)
-    phrase = http.RESPONSES.get(error.status, b"Error")
+    phrase = RESPONSES.get(error.status, b"Error")
     lines = [b"HTTP/1.1 %d %s" % (error.status, phrase)]
     for name, values in headers.getAllRawHeaders():
         lines.extend(name + b": " + value for value in values)

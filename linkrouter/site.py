@@ -15,12 +15,13 @@ from typing import Any, cast
 
 from twisted.internet.interfaces import ITCPTransport
 from twisted.web import http, server
+from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.resource import IResource
 
 from linkrouter.access import REQUEST_ID_HEADER, AccessLog, log_access, note
 from linkrouter.connections import ConnectionGuard, OverCapacity, guarded_protocol
 from linkrouter.defaults import DEFAULT_MAX_BODY_SIZE
-from linkrouter.early import Discard, Refusal, dialect_of, early_refusal, leaf_for, raw_answer
+from linkrouter.early import Discard, Refusal, dialect_of, leaf_for, raw_answer, refusal_of
 from linkrouter.errors import MESSAGES, APIError, Dialect, write_error
 
 #: Seconds a refused upload may keep sending (discarded) before the connection is cut.
@@ -61,10 +62,12 @@ class RouterRequest(server.Request):
     _refusal: Refusal | None = None
     _answered = False
     _checked = False
+    #: The walk of the tree at header time: method, uri, leaf, prepath, postpath.
+    _walked: tuple[bytes, bytes, IResource, list[bytes], list[bytes]] | None = None
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         """As twisted.web's, with a standard phrase for codes its table lacks."""
-        if not message and code not in http.RESPONSES:
+        if not message and code not in RESPONSES:
             message = REASON_PHRASES.get(code)
         super().setResponseCode(code, message)
 
@@ -82,7 +85,7 @@ class RouterRequest(server.Request):
             self._refuse((self._error(), self._dialect()))
             return
         # HTTP/1.1 has every header now; HTTP/2 may not yet (checked at the first chunk).
-        if length != 0 and isinstance(self.channel, http.HTTPChannel) and self._check_early():
+        if length != 0 and isinstance(self.channel, HTTPChannel) and self._check_early():
             return
         super().gotLength(length)
 
@@ -101,27 +104,40 @@ class RouterRequest(server.Request):
 
     def _request_line(self) -> tuple[bytes, bytes]:
         channel = self.channel
-        if isinstance(channel, http.HTTPChannel):
+        if isinstance(channel, HTTPChannel):
             return getattr(channel, "_command", b"-"), getattr(channel, "_path", b"-")
         return getattr(channel, "command", b"-"), getattr(channel, "path", b"-")
 
     def _check_early(self) -> bool:
         """Refuse now (C{True}) what the resource for this path refuses without a body."""
         self._checked = True
-        root = getattr(self._site, "resource", None)
-        if root is None:
+        leaf = self._leaf()
+        if leaf is None:
             return False
-        found = early_refusal(root, self, *self._request_line())
+        found = refusal_of(leaf, self)
         if found is not None:
             self._refuse(found)
         return found is not None
 
-    def _dialect(self) -> Dialect:
-        """The dialect of the route this request is for (how its 413 is written)."""
+    def _leaf(self) -> IResource | None:
+        """
+        The resource this request is for, walked from its request line; the walk is kept
+        (L{RouterSite.getResourceFor} reuses it at render instead of walking again).
+        """
+        if self._walked is not None:
+            return self._walked[2]
         root = getattr(self._site, "resource", None)
         if root is None:
-            return MESSAGES
-        return dialect_of(leaf_for(root, self, *self._request_line()))
+            return None
+        method, uri = self._request_line()
+        leaf = leaf_for(root, self, method, uri)
+        self._walked = (method, uri, leaf, list(self.prepath or ()), list(self.postpath or ()))
+        return leaf
+
+    def _dialect(self) -> Dialect:
+        """The dialect of the route this request is for (how its 413 is written)."""
+        leaf = self._leaf()
+        return MESSAGES if leaf is None else dialect_of(leaf)
 
     def _error(self) -> APIError:
         return APIError(
@@ -136,7 +152,7 @@ class RouterRequest(server.Request):
         self.content = Discard()
         # No "100 Continue" for a body we will not read.
         self.requestHeaders.removeHeader(b"expect")
-        if not isinstance(self.channel, http.HTTPChannel) or self.channel.transport is None:
+        if not isinstance(self.channel, HTTPChannel) or self.channel.transport is None:
             return  # HTTP/2: answered from process() once the stream ends
         self._answered = True
         self.method, uri = self._request_line()
@@ -209,6 +225,19 @@ class RouterSite(server.Site):
         self.inflight: set[server.Request] = set()
         self._protocols: weakref.WeakSet[Any] = weakref.WeakSet()
 
+    def getResourceFor(self, request: server.Request) -> IResource:
+        """As twisted.web's, reusing the walk a request made when its headers arrived."""
+        walked = getattr(request, "_walked", None)
+        if walked is not None and walked[0] == request.method and walked[1] == request.uri:
+            request.site = self
+            # What twisted.web sets (server.Request declares no sitepath).
+            setattr(request, "sitepath", list(request.prepath or ()))  # noqa: B010
+            request.prepath, request.postpath = list(walked[3]), list(walked[4])
+            leaf: IResource = walked[2]
+            return leaf
+        resource: IResource = super().getResourceFor(request)
+        return resource
+
     def buildProtocol(self, addr: Any) -> Any:
         if self.guard.full:
             return OverCapacity(self.guard, self.reactor)
@@ -267,7 +296,7 @@ def _open(channel: Any) -> bool:
 
 def _close_after(request: server.Request) -> None:
     channel = getattr(request, "channel", None)
-    if isinstance(channel, http.HTTPChannel):
+    if isinstance(channel, HTTPChannel):
         channel.persistent = False
         if not request.startedWriting:
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
