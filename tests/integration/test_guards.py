@@ -20,22 +20,13 @@ from twisted.trial.unittest import TestCase
 from linkrouter.testing import FakeAnthropic, FakeTokenEndpoint, Recorded, load_answers
 
 from ..harness import RESPONSES, in_thread, start_router
+from .test_integration import eventually
 from .test_refresh import token_endpoint
 
 MODEL = "claude-opus-5-5"
 STREAM = json.dumps({"model": MODEL, "max_tokens": 8, "stream": True,
                      "messages": [{"role": "user", "content": "hi"}]}).encode()
 SSE = (("content-type", "text/event-stream"),)
-
-
-async def eventually(check: Any, timeout: float = 5.0) -> None:
-    """Poll C{check()} until true, failing after C{timeout} seconds."""
-    waited = 0.0
-    while not check():
-        if waited >= timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await deferLater(reactor, 0.02, lambda: None)
-        waited += 0.02
 
 
 def raw_request(port: int, token: str, path: bytes = b"/v1/messages",
