@@ -66,20 +66,28 @@ def _answer(status: bytes, body: bytes, *extra: bytes) -> bytes:
 
 
 class GuardedHTTPChannel(HTTPChannel):
-    """An HTTP/1.1 channel whose request heads must arrive within the header timeout."""
+    """
+    An HTTP/1.1 channel whose request heads must arrive within the header timeout.
+
+    One timer serves all the requests of a connection: a head's start records its
+    deadline, and the timer, when it fires, re-arms for what is left of the deadline of
+    the head under way (if any) instead of being cancelled and armed again per request.
+    """
 
     header_timeout: float | None = None
     _reading_head = True
     _head_timer: Any = None
+    #: When the head under way must be complete (the timer's clock); None: none under way.
+    _head_deadline: float | None = None
 
     def dataReceived(self, data: bytes) -> None:
-        if self._reading_head and self._head_timer is None and data and self.header_timeout:
-            self._head_timer = self.callLater(self.header_timeout, self._head_too_slow)
+        if self._reading_head and self._head_deadline is None and data and self.header_timeout:
+            self._start_head_clock(self.header_timeout)
         super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
         self._reading_head = False
-        self._stop_head_timer()
+        self._head_deadline = None  # the timer, when it fires, finds no head under way
         super().allHeadersReceived()
 
     def requestDone(self, request: Any) -> None:
@@ -91,13 +99,34 @@ class GuardedHTTPChannel(HTTPChannel):
         self._stop_head_timer()
         super().connectionLost(reason)
 
+    def _start_head_clock(self, timeout: float) -> None:
+        timer = self._head_timer
+        if timer is not None and timer.active():
+            # It fires no later than this deadline, and re-arms for the rest.
+            self._head_deadline = timer.seconds() + timeout
+        else:
+            timer = self._head_timer = self.callLater(timeout, self._head_check)
+            self._head_deadline = timer.getTime()
+
+    def _head_check(self) -> None:
+        timer, self._head_timer = self._head_timer, None
+        deadline = self._head_deadline
+        if deadline is None:
+            return
+        left = deadline - timer.seconds()
+        if left > 0:
+            self._head_timer = self.callLater(left, self._head_check)
+            return
+        self._head_too_slow()
+
     def _stop_head_timer(self) -> None:
+        self._head_deadline = None
         if self._head_timer is not None and self._head_timer.active():
             self._head_timer.cancel()
         self._head_timer = None
 
     def _head_too_slow(self) -> None:
-        self._head_timer = None
+        self._head_deadline = None
         if self.transport is None or getattr(self.transport, "disconnecting", False):
             return
         body = error_body(

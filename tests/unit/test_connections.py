@@ -6,12 +6,21 @@ and numerous clients over loopback: L{tests.integration.test_connections}.
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
+from twisted.web.static import Data
 
 from linkrouter.config import DEFAULT_MAX_CONNECTIONS, ConfigError, resolve
+from linkrouter.connections import GuardedHTTPChannel
 from linkrouter.tap import Options
 
 from .test_systemd import SERVICE, unit_settings
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: router\r\n\r\n"
 
 
 class OptionTests(SynchronousTestCase):
@@ -56,3 +65,70 @@ class UnitLimitTests(SynchronousTestCase):
         [limit] = unit_settings(SERVICE)["Service"]["LimitNOFILE"]
         self.assertEqual(int(limit), 65536)
         self.assertGreater(int(limit), 2 * DEFAULT_MAX_CONNECTIONS + 1024)
+
+
+class HeadTimerTests(SynchronousTestCase):
+    """
+    The header timeout's timer: one per connection, re-armed lazily (not cancelled and
+    armed again for every request), each head still cut exactly at its own deadline.
+    """
+
+    def channel(self) -> tuple[GuardedHTTPChannel, Clock, StringTransport, list[float]]:
+        clock = Clock()
+        armed: list[float] = []
+
+        def call_later(delay: float, f: Any, *a: Any, **kw: Any) -> Any:
+            armed.append(delay)
+            return clock.callLater(delay, f, *a, **kw)
+
+        page = Data(b"ok", "text/plain")
+        page.isLeaf = True
+        site = Site(page)
+        channel = GuardedHTTPChannel()
+        channel.header_timeout = 1.0
+        channel.timeOut = None
+        channel.site = site
+        channel.requestFactory = site.requestFactory
+        channel.callLater = call_later  # type: ignore[method-assign]
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        return channel, clock, transport, armed
+
+    def test_one_timer_for_requests(self) -> None:
+        """Ten keep-alive requests within the timeout arm the timer once."""
+        channel, clock, transport, armed = self.channel()
+        for _ in range(10):
+            channel.dataReceived(REQUEST)
+            clock.advance(0.01)
+        self.assertEqual(transport.value().count(b"200 OK"), 10)
+        self.assertEqual(armed, [1.0])
+
+    def test_later_head_gets_its_whole_timeout(self) -> None:
+        """
+        A head begun 0.6 s after the first (the timer still armed for the first's
+        deadline) is not cut at that deadline, and is cut 1 s after its own first byte.
+        """
+        channel, clock, transport, armed = self.channel()
+        channel.dataReceived(REQUEST)
+        clock.advance(0.6)
+        channel.dataReceived(REQUEST[:10])
+        clock.advance(0.4)  # the first head's deadline: the timer re-arms for the rest
+        self.assertNotIn(b"408", transport.value())
+        self.assertFalse(transport.disconnecting)
+        clock.advance(0.59)
+        self.assertNotIn(b"408", transport.value())
+        clock.advance(0.02)
+        self.assertIn(b"408 Request Timeout", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_idle_connection_timer_lapses(self) -> None:
+        """After a complete request the timer fires once, finds no head, and is gone."""
+        channel, clock, transport, armed = self.channel()
+        channel.dataReceived(REQUEST)
+        clock.advance(5)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertNotIn(b"408", transport.value())
+        channel.dataReceived(REQUEST[:5])
+        clock.advance(1.01)
+        self.assertIn(b"408 Request Timeout", transport.value())
+        self.assertEqual(armed, [1.0, 1.0, 2.0])
