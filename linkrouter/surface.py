@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import cast
 
-from attrs import frozen
+from attrs import field, frozen
 
 from linkrouter.errors import APIError
 
@@ -169,6 +170,16 @@ class Surface:
     """The calls a router token may make upstream through the Messages dialect."""
 
     rules: tuple[Rule, ...] = parse_rules(DEFAULT_RULES)
+    #: (method, path) of every rule with neither a C{{name}} nor a C{*}: such a path,
+    #: without a query, is opened as it is (its rule's parse checked that it is plain).
+    _exact: frozenset[tuple[bytes, bytes]] = field(init=False, eq=False, repr=False)
+
+    @_exact.default
+    def _exact_paths(self) -> frozenset[tuple[bytes, bytes]]:
+        return frozenset(
+            (rule.method, b"/" + b"/".join(cast(tuple[bytes, ...], rule.segments)))
+            for rule in self.rules if not rule.rest and None not in rule.segments
+        )
 
     @classmethod
     def opening(cls, extra: Iterable[str]) -> Surface:
@@ -182,6 +193,8 @@ class Surface:
 
         @raise APIError: 400 for a path that is not plain, 404 for a call not opened.
         """
+        if (method, target) in self._exact:
+            return target
         path, _ = split_target(target)
         segments = path[1:].split(b"/")
         if any(rule.matches(method, segments) for rule in self.rules):
