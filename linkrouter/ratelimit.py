@@ -11,6 +11,9 @@ from twisted.web.http_headers import Headers
 from linkrouter.oauth import retry_after_seconds as _retry_after
 
 _RATELIMIT = b"anthropic-ratelimit-unified-"
+_PREFIX_LENGTH = len(_RATELIMIT)
+#: The prefix as twisted.web's Headers capitalises it, and lowercase.
+_PREFIXES = frozenset({_RATELIMIT, b"-".join(w.capitalize() for w in _RATELIMIT.split(b"-"))})
 
 
 def ratelimit_reset(headers: Headers, now: float) -> float | None:
@@ -33,8 +36,12 @@ def utilization(headers: Headers) -> dict[str, float]:
     """The C{anthropic-ratelimit-unified-*-utilization} figures (0..1) by window."""
     found: dict[str, float] = {}
     for name, values in headers.getAllRawHeaders():
+        # Headers keeps names canonically capitalised: a slice compared to it tells the
+        # rate-limit headers from the others without a call per header.
+        if name[:_PREFIX_LENGTH] not in _PREFIXES:
+            continue
         lowered = name.lower()
-        if lowered.startswith(_RATELIMIT) and lowered.endswith(b"-utilization"):
+        if lowered.endswith(b"-utilization"):
             window = lowered[len(_RATELIMIT):-len(b"-utilization")].decode("ascii", "replace")
             try:
                 found[window or "unified"] = float(values[-1])
