@@ -24,9 +24,16 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+    _StandardEndpointFactory,
+)
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from linkrouter.credentials import Credential
@@ -293,6 +300,33 @@ class IdentityEncodingAgent:
         return self.agent.request(method, uri, headers, bodyProducer)
 
 
+@implementer(IAgentEndpointFactory)
+class KeptEndpoints:
+    """
+    Twisted's endpoint for each scheme, host and port, made once and kept.
+
+    An L{Agent} asks for an endpoint on every request, even one a pooled connection will
+    carry; making one converts its host name (IDNA) each time. An endpoint connects
+    anew (resolving the name again) each time it is used, so keeping one changes nothing.
+    """
+
+    #: More distinct upstreams than this and the kept endpoints are forgotten.
+    MAX_KEPT = 64
+
+    def __init__(self, make: IAgentEndpointFactory) -> None:
+        self._make = make
+        self._kept: dict[tuple[bytes, bytes, int], Any] = {}
+
+    def endpointForURI(self, uri: Any) -> Any:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._kept.get(key)
+        if endpoint is None:
+            if len(self._kept) >= self.MAX_KEPT:
+                self._kept.clear()
+            endpoint = self._kept[key] = self._make.endpointForURI(uri)
+        return endpoint
+
+
 def http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
     """
     A treq client for upstream calls: persistent pooled connections, no Accept-Encoding,
@@ -303,6 +337,8 @@ def http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
     pool._factory = _QuietClientFactory  # no public hook for the factory
     pool.maxPersistentPerHost = 128
     pool.cachedConnectionTimeout = 120
-    agent = Agent(reactor, pool=pool, connectTimeout=CONNECT_TIMEOUT)
+    endpoints = _StandardEndpointFactory(
+        reactor, BrowserLikePolicyForHTTPS(), CONNECT_TIMEOUT, None)
+    agent = Agent.usingEndpointFactory(reactor, KeptEndpoints(endpoints), pool=pool)
     jar = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
     return HTTPClient(IdentityEncodingAgent(agent), cookiejar=jar), pool

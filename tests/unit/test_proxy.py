@@ -18,6 +18,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Cooperator
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import URI
 from twisted.web.http_headers import Headers
 
 from linkrouter.accounts import AccountPool, build_accounts
@@ -33,6 +34,7 @@ from linkrouter.upstream import (
     IdentityEncodingAgent,
     Upstream,
     downstream_headers,
+    http_client,
     merge_betas,
     upstream_headers,
 )
@@ -357,3 +359,21 @@ class ProxyTests(SynchronousTestCase):
         w = world(self, formats=frozenset({"bedrock"}))
         message = error_of(self, w, w.request("GET", "/v1/models"), 403, "permission_error")
         self.assertIn("--api-format", message)
+
+
+class UpstreamClientTests(SynchronousTestCase):
+    """The upstream HTTP client's agent."""
+
+    def test_endpoint_made_once_per_host(self) -> None:
+        """
+        The agent asks for an endpoint on every request; for the same scheme, host and
+        port it gets the one made the first time (making one converts the host name).
+        """
+        client, _ = http_client(MemoryReactorClock())
+        endpoints = client._agent.agent._endpointFactory  # what Agent asks
+        first = endpoints.endpointForURI(URI.fromBytes(b"https://api.anthropic.com/v1/messages"))
+        again = endpoints.endpointForURI(URI.fromBytes(b"https://api.anthropic.com/v1/models"))
+        self.assertIs(first, again)
+        other = endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:8080/v1/models"))
+        self.assertIsNot(other, first)
+        self.assertIs(endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:8080/")), other)
