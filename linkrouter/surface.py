@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import cast
 
 from attrs import field, frozen
 
@@ -51,6 +50,9 @@ _PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _ENCODED_SEPARATOR = re.compile(rb"%(2e|2f|5c)", re.IGNORECASE)
 _PARAMETER = re.compile(r"^\{[A-Za-z_][A-Za-z0-9_]*\}$")
 _MAX_SHOWN = 200
+#: How many opened targets L{Surface} remembers, and the longest it remembers.
+_MEMO_SIZE = 1024
+_MEMO_TARGET = 512
 
 
 class RuleError(ValueError):
@@ -170,16 +172,10 @@ class Surface:
     """The calls a router token may make upstream through the Messages dialect."""
 
     rules: tuple[Rule, ...] = parse_rules(DEFAULT_RULES)
-    #: (method, path) of every rule with neither a C{{name}} nor a C{*}: such a path,
-    #: without a query, is opened as it is (its rule's parse checked that it is plain).
-    _exact: frozenset[tuple[bytes, bytes]] = field(init=False, eq=False, repr=False)
-
-    @_exact.default
-    def _exact_paths(self) -> frozenset[tuple[bytes, bytes]]:
-        return frozenset(
-            (rule.method, b"/" + b"/".join(cast(tuple[bytes, ...], rule.segments)))
-            for rule in self.rules if not rule.rest and None not in rule.segments
-        )
+    #: (method, target) pairs already checked and opened: a repeated request (the same
+    #: call, the same query) is looked up instead of checked again. Bounded (see
+    #: L{_MEMO_SIZE}, L{_MEMO_TARGET}): a client sending many targets only makes it forget.
+    _opened: set[tuple[bytes, bytes]] = field(factory=set, init=False, eq=False, repr=False)
 
     @classmethod
     def opening(cls, extra: Iterable[str]) -> Surface:
@@ -193,11 +189,15 @@ class Surface:
 
         @raise APIError: 400 for a path that is not plain, 404 for a call not opened.
         """
-        if (method, target) in self._exact:
+        if (method, target) in self._opened:
             return target
         path, _ = split_target(target)
         segments = path[1:].split(b"/")
         if any(rule.matches(method, segments) for rule in self.rules):
+            if len(target) <= _MEMO_TARGET:
+                if len(self._opened) >= _MEMO_SIZE:
+                    self._opened.clear()
+                self._opened.add((method, target))
             return target
         shown_method = method.decode("ascii", "backslashreplace")[:20]
         raise APIError(

@@ -12,6 +12,7 @@ import treq
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
+from linkrouter import surface as surface_module
 from linkrouter.dialects import messages_route
 from linkrouter.errors import APIError
 from linkrouter.resource import admin_tree, build_tree, not_found
@@ -110,6 +111,47 @@ class DefaultSurfaceTests(SynchronousTestCase):
         """The 404 is a not_found_error."""
         error = self.assertRaises(APIError, DEFAULT_SURFACE.target, b"GET", b"/v1/files")
         self.assertEqual(error.error_type, "not_found_error")
+
+
+class OpenedMemoTests(SynchronousTestCase):
+    """A target once checked and opened is looked up, not checked again, per request."""
+
+    def counted(self) -> list[bytes]:
+        calls: list[bytes] = []
+        real = surface_module.split_target
+
+        def split_target(target: bytes) -> tuple[bytes, bytes | None]:
+            calls.append(target)
+            return real(target)
+
+        self.patch(surface_module, "split_target", split_target)
+        return calls
+
+    def test_repeated_target_checked_once(self) -> None:
+        calls = self.counted()
+        surface = Surface()
+        for _ in range(3):
+            self.assertEqual(surface.target(b"POST", b"/v1/messages?beta=true"),
+                             b"/v1/messages?beta=true")
+        self.assertEqual(calls, [b"/v1/messages?beta=true"])
+
+    def test_refused_checked_every_time(self) -> None:
+        calls = self.counted()
+        surface = Surface()
+        for target, status in ((b"/v1/messages/../admin", 400), (b"/v1/files", 404)) * 2:
+            with self.assertRaises(APIError) as caught:
+                surface.target(b"POST", target)
+            self.assertEqual(caught.exception.status, status)
+        self.assertEqual(len(calls), 4)
+        with self.assertRaises(APIError):
+            surface.target(b"GET", b"/v1/messages?beta=true")  # opened for POST only
+
+    def test_bounded(self) -> None:
+        surface = Surface()
+        for i in range(surface_module._MEMO_SIZE + 10):
+            surface.target(b"GET", b"/v1/models/m%d" % i)
+        self.assertLessEqual(len(surface._opened), surface_module._MEMO_SIZE)
+        self.assertEqual(surface, Surface())
 
 
 class RuleTests(SynchronousTestCase):
