@@ -40,6 +40,7 @@ from linkrouter.credentials import Credential
 from linkrouter.errors import APIError, client_reason, short_reason
 from linkrouter.metrics import Metrics
 from linkrouter.relay import DEFAULT_IDLE_TIMEOUT
+from linkrouter.upstreamclient import UpstreamClient
 
 _log = Logger(namespace="linkrouter.upstream")
 
@@ -341,4 +342,4 @@ def http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
         reactor, BrowserLikePolicyForHTTPS(), CONNECT_TIMEOUT, None)
     agent = Agent.usingEndpointFactory(reactor, KeptEndpoints(endpoints), pool=pool)
     jar = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return HTTPClient(IdentityEncodingAgent(agent), cookiejar=jar), pool
+    return UpstreamClient(IdentityEncodingAgent(agent), jar), pool

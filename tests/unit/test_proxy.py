@@ -7,19 +7,23 @@ upstream side) with a MemoryReactorClock for time.
 from __future__ import annotations
 
 import json
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import treq
 from attrs import define, field
+from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent, StubTreq
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Cooperator
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import URI
+from twisted.web.client import URI, FileBodyProducer
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent
+from zope.interface import implementer
 
 from linkrouter.accounts import AccountPool, build_accounts
 from linkrouter.credentials import Credential, claude_homes
@@ -38,6 +42,7 @@ from linkrouter.upstream import (
     merge_betas,
     upstream_headers,
 )
+from linkrouter.upstreamclient import UpstreamClient
 
 from ..harness import RESPONSES, capture_logs
 
@@ -377,3 +382,44 @@ class UpstreamClientTests(SynchronousTestCase):
         other = endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:8080/v1/models"))
         self.assertIsNot(other, first)
         self.assertIs(endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:8080/")), other)
+
+    def requests(self, client: HTTPClient, url: str, times: int = 1) -> list[tuple[Any, ...]]:
+        sent: list[tuple[Any, ...]] = []
+
+        @implementer(IAgent)
+        class Recording:
+            def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
+                        bodyProducer: Any = None) -> Deferred[Any]:
+                assert headers is not None
+                sent.append((method, uri, sorted(headers.getAllRawHeaders()), bodyProducer))
+                return Deferred()
+
+        client._agent = IdentityEncodingAgent(Recording())
+        if isinstance(client, UpstreamClient):  # its own wrapping, made at construction
+            client.__init__(client._agent, client._cookiejar)  # type: ignore[misc]
+        for _ in range(times):
+            client.request("POST", url, headers=Headers({b"x-api-key": [b"k"]}),
+                           data=producer, unbuffered=True, allow_redirects=False)
+        return sent
+
+    def test_proxied_request_as_treq_sends_it(self) -> None:
+        """The direct call sends what treq's own would: method, wire URL, headers, body."""
+        client, _ = http_client(MemoryReactorClock())
+        plain = HTTPClient(client._agent, cookiejar=client._cookiejar)
+        for url in ("http://127.0.0.1:8080/v1/messages?beta=true",
+                    "https://API.Anthropic.com/v1/models/claude-x"):
+            self.assertEqual(self.requests(client, url), self.requests(plain, url))
+
+    def test_url_parsed_once(self) -> None:
+        """Repeated proxied requests to one URL parse it (hyperlink, IDNA) once."""
+        parsed: list[str] = []
+        real = EncodedURL.from_text.__func__  # type: ignore[attr-defined]
+        self.patch(EncodedURL, "from_text",
+                   classmethod(lambda cls, text: parsed.append(text) or real(cls, text)))
+        client, _ = http_client(MemoryReactorClock())
+        sent = self.requests(client, "http://127.0.0.1:8080/v1/messages?beta=true", 3)
+        self.assertEqual([s[1] for s in sent], [b"http://127.0.0.1:8080/v1/messages?beta=true"] * 3)
+        self.assertEqual(parsed, ["http://127.0.0.1:8080/v1/messages?beta=true"])
+
+
+producer = FileBodyProducer(BytesIO(b"{}"))
