@@ -342,4 +342,4 @@ def http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
         reactor, BrowserLikePolicyForHTTPS(), CONNECT_TIMEOUT, None)
     agent = Agent.usingEndpointFactory(reactor, KeptEndpoints(endpoints), pool=pool)
     jar = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return UpstreamClient(IdentityEncodingAgent(agent), jar), pool
+    return UpstreamClient(IdentityEncodingAgent(agent), jar, plain=agent), pool

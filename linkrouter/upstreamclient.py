@@ -33,18 +33,25 @@ class UpstreamClient(HTTPClient):
     #: More distinct URLs than this and the remembered wire forms are forgotten.
     MAX_URLS = 256
 
-    def __init__(self, agent: IAgent, cookiejar: IndexableCookieJar) -> None:
+    def __init__(self, agent: IAgent, cookiejar: IndexableCookieJar,
+                 plain: IAgent | None = None) -> None:
+        """
+        @param agent: the agent treq sends through.
+        @param plain: C{agent} without its removal of C{Accept-Encoding}, if it has one:
+            the direct call asks for no encoding in the first place (treq adds one that
+            C{agent} removes again, copying the headers each time).
+        """
         super().__init__(agent, cookiejar=cookiejar)
         self._jar = cookiejar
-        self._direct = ContentDecoderAgent(CookieAgent(agent, cookiejar),
-                                           [(b"gzip", GzipDecoder)])
+        self._direct = _DecodingAgent(CookieAgent(plain or agent, cookiejar),
+                                      [(b"gzip", GzipDecoder)])
         self._uris: dict[str, bytes] = {}
 
     def request(self, method: str, url: Any, **kwargs: Any) -> Deferred[_Response]:
-        data = kwargs.get("data")
+        data, headers = kwargs.get("data"), kwargs.get("headers")
         if not (isinstance(url, str) and kwargs.keys() <= _DIRECT
                 and kwargs.get("unbuffered") is True and kwargs.get("allow_redirects") is False
-                and isinstance(kwargs.get("headers"), Headers)
+                and isinstance(headers, Headers) and not headers.hasHeader(b"accept-encoding")
                 and (data is None or IBodyProducer.providedBy(data))):
             return super().request(method, url, **kwargs)
         uri = self._uris.get(url)
@@ -54,7 +61,19 @@ class UpstreamClient(HTTPClient):
                 self._uris.clear()
             self._uris[url] = uri
         d: Deferred[Any] = self._direct.request(
-            method.encode("ascii").upper(), uri, headers=kwargs["headers"],
+            method.encode("ascii").upper(), uri, headers=headers,
             bodyProducer=data or None)
         # treq's own last step (its _Response takes any cookie jar).
         return cast("Deferred[_Response]", d.addCallback(cast(Any, _Response), self._jar))
+
+
+class _DecodingAgent(ContentDecoderAgent):
+    """
+    Twisted's agent that decodes a gzip answer, without asking for one: the router asks
+    for no encoding (an upstream that sends gzip anyway is decoded, as through treq).
+    """
+
+    def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
+                bodyProducer: Any = None) -> Deferred[Any]:  # IAgent names it
+        deferred: Deferred[Any] = self._agent.request(method, uri, headers, bodyProducer)
+        return deferred.addCallback(self._handleResponse)

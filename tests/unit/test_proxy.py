@@ -383,7 +383,9 @@ class UpstreamClientTests(SynchronousTestCase):
         self.assertIsNot(other, first)
         self.assertIs(endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:8080/")), other)
 
-    def requests(self, client: HTTPClient, url: str, times: int = 1) -> list[tuple[Any, ...]]:
+    def requests(self, client: HTTPClient, url: str, times: int = 1,
+                 extra: dict[bytes, list[bytes]] | None = None) -> list[tuple[Any, ...]]:
+        extra = extra or {}
         sent: list[tuple[Any, ...]] = []
 
         @implementer(IAgent)
@@ -394,12 +396,15 @@ class UpstreamClientTests(SynchronousTestCase):
                 sent.append((method, uri, sorted(headers.getAllRawHeaders()), bodyProducer))
                 return Deferred()
 
-        client._agent = IdentityEncodingAgent(Recording())
-        if isinstance(client, UpstreamClient):  # its own wrapping, made at construction
-            client.__init__(client._agent, client._cookiejar)  # type: ignore[misc]
+        recording = Recording()
+        client._agent = IdentityEncodingAgent(recording)
+        if isinstance(client, UpstreamClient):  # its own wrapping, made as http_client does
+            client.__init__(client._agent, client._cookiejar, plain=recording)  # type: ignore[misc]
         for _ in range(times):
-            client.request("POST", url, headers=Headers({b"x-api-key": [b"k"]}),
+            headers = Headers({b"x-api-key": [b"k"], **extra})
+            client.request("POST", url, headers=headers,
                            data=producer, unbuffered=True, allow_redirects=False)
+            self.assertEqual(headers, Headers({b"x-api-key": [b"k"], **extra}))  # unchanged
         return sent
 
     def test_proxied_request_as_treq_sends_it(self) -> None:
@@ -409,6 +414,10 @@ class UpstreamClientTests(SynchronousTestCase):
         for url in ("http://127.0.0.1:8080/v1/messages?beta=true",
                     "https://API.Anthropic.com/v1/models/claude-x"):
             self.assertEqual(self.requests(client, url), self.requests(plain, url))
+            asked = {b"accept-encoding": [b"br"]}  # removed either way
+            sent = self.requests(client, url, extra=asked)
+            self.assertEqual(sent, self.requests(plain, url, extra=asked))
+            self.assertNotIn(b"Accept-Encoding", dict(sent[0][2]))
 
     def test_url_parsed_once(self) -> None:
         """Repeated proxied requests to one URL parse it (hyperlink, IDNA) once."""
