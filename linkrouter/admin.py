@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.unit.test_admin,tests.integration.test_admin -*-
 """
-The admin API: issue, list, show and revoke router tokens; show upstream accounts.
+The admin API: issue, list, show, change (label, limits) and revoke router tokens; show
+upstream accounts.
 
 Every call needs C{Authorization: Bearer <admin key>}, compared in constant time. The
 request and response of C{POST /api/tokens} keep link-assistant-router's field names
@@ -25,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET
 from linkrouter.adminguard import AdminGuard
 from linkrouter.errors import APIError, Dialect, anthropic_style, render_json, write_error
 from linkrouter.labels import MAX_LABEL_LENGTH, label_problem  # noqa: F401 - re-exported
+from linkrouter.limits import Limits, LimitsError
 from linkrouter.store import RevocationCache, TokenRecord, TokenStore
 from linkrouter.timefmt import isoformat
 from linkrouter.tokens import TokenAuthority
@@ -44,6 +46,7 @@ class IssueRequest:
 
     ttl_hours: int
     label: str
+    limits: Limits | None = None
 
     @classmethod
     def parse(cls, raw: bytes) -> IssueRequest:
@@ -52,23 +55,17 @@ class IssueRequest:
 
         @raise APIError: 400 with the reason.
         """
-        if not raw.strip():
-            data: Any = {}
-        else:
-            try:
-                data = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                raise _bad("The request body is not valid JSON.") from None
-        return cls.from_json(data)
+        return cls.from_json(_json_body(raw))
 
     @classmethod
     def from_json(cls, data: Any) -> IssueRequest:
         """Validate parsed JSON (the CLI builds the same object from its flags)."""
         if not isinstance(data, dict):
             raise _bad('The request body must be a JSON object, e.g. {"ttl_hours": 24}.')
-        unknown = sorted(set(data) - {"ttl_hours", "label"})
+        unknown = sorted(set(data) - {"ttl_hours", "label", "limits"})
         if unknown:
-            raise _bad(f"Unknown field(s): {', '.join(unknown)[:200]}. Known: ttl_hours, label.")
+            raise _bad(f"Unknown field(s): {', '.join(unknown)[:200]}. "
+                       "Known: ttl_hours, label, limits.")
         ttl = data.get("ttl_hours", DEFAULT_TTL_HOURS)
         if isinstance(ttl, float) and ttl.is_integer():
             ttl = int(ttl)
@@ -78,15 +75,61 @@ class IssueRequest:
             raise _bad("ttl_hours must be at least 1.")
         if ttl > MAX_TTL_HOURS:
             raise _bad(f"ttl_hours must be at most {MAX_TTL_HOURS} (ten years).")
-        label = data.get("label", "")
-        if label is None:
-            label = ""
-        if not isinstance(label, str):
-            raise _bad("label must be a string.")
-        problem = label_problem(label)
-        if problem is not None:
-            raise _bad(problem)
-        return cls(ttl_hours=ttl, label=label)
+        return cls(ttl_hours=ttl, label=_checked_label(data.get("label", "")),
+                   limits=_checked_limits(data.get("limits")))
+
+
+def _json_body(raw: bytes) -> Any:
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise _bad("The request body is not valid JSON.") from None
+
+
+def _checked_label(label: object) -> str:
+    if label is None:
+        label = ""
+    if not isinstance(label, str):
+        raise _bad("label must be a string.")
+    problem = label_problem(label)
+    if problem is not None:
+        raise _bad(problem)
+    return label
+
+
+def _checked_limits(value: object) -> Limits | None:
+    try:
+        return Limits.from_json(value, field="limits")
+    except LimitsError as e:
+        raise _bad(str(e)[:500]) from None
+
+
+@frozen
+class UpdateRequest:
+    """A validated C{PATCH /api/tokens/{id}} body: each field is changed only if given."""
+
+    label: str | None = None
+    limits: Limits | None = None
+    set_limits: bool = False
+
+    @classmethod
+    def parse(cls, raw: bytes) -> UpdateRequest:
+        """
+        Validate a request body.
+
+        @raise APIError: 400 with the reason.
+        """
+        data = _json_body(raw)
+        if not isinstance(data, dict):
+            raise _bad('The request body must be a JSON object, e.g. {"limits": {"rpm": 60}}.')
+        unknown = sorted(set(data) - {"label", "limits"})
+        if unknown:
+            raise _bad(f"Unknown field(s): {', '.join(unknown)[:200]}. Known: label, limits.")
+        label = _checked_label(data["label"]) if "label" in data else None
+        return cls(label=label, limits=_checked_limits(data.get("limits")),
+                   set_limits="limits" in data)
 
 
 @frozen
@@ -105,6 +148,7 @@ class TokenAdmin:
             label=claims.label,
             created_at=claims.issued_at,
             expires_at=claims.expires_at,
+            limits=ask.limits,
         )
         await self.store.insert(record)
         return {
@@ -114,6 +158,7 @@ class TokenAdmin:
             "ttl_hours": ask.ttl_hours,
             "created_at": isoformat(claims.issued_at),
             "expires_at": isoformat(claims.expires_at),
+            "limits": None if ask.limits is None else ask.limits.to_json(),
         }
 
     async def list(self) -> dict[str, Any]:
@@ -123,6 +168,14 @@ class TokenAdmin:
     async def show(self, token_id: str) -> dict[str, Any]:
         token_id = _token_id(token_id)
         record: TokenRecord | None = await self.store.get(token_id)
+        if record is None:
+            raise _not_found(token_id)
+        return record.to_json()
+
+    async def update(self, token_id: str, ask: UpdateRequest) -> dict[str, Any]:
+        token_id = _token_id(token_id)
+        record: TokenRecord | None = await self.store.update(
+            token_id, ask.label, ask.limits, ask.set_limits)
         if record is None:
             raise _not_found(token_id)
         return record.to_json()
@@ -204,10 +257,7 @@ class TokensResource(_AdminResource):
         method = request.method
         if not segments:
             if method == b"POST":
-                raw = request.content.read(MAX_ADMIN_BODY + 1) if request.content else b""
-                if len(raw) > MAX_ADMIN_BODY:
-                    raise APIError(413, "Admin requests are small; this body is too large.")
-                return await self._admin.issue(IssueRequest.parse(raw))
+                return await self._admin.issue(IssueRequest.parse(_body(request)))
             if method == b"GET":
                 return await self._admin.list()
             raise _not_allowed(request, b"GET, POST")
@@ -215,10 +265,20 @@ class TokensResource(_AdminResource):
             token_id = segments[0].decode("utf-8", "replace")
             if method == b"GET":
                 return await self._admin.show(token_id)
+            if method == b"PATCH":
+                ask = UpdateRequest.parse(_body(request))
+                return await self._admin.update(token_id, ask)
             if method == b"DELETE":
                 return await self._admin.revoke(token_id)
-            raise _not_allowed(request, b"GET, DELETE")
+            raise _not_allowed(request, b"GET, PATCH, DELETE")
         return await super()._dispatch(request, segments)
+
+
+def _body(request: IRequest) -> bytes:
+    raw: bytes = request.content.read(MAX_ADMIN_BODY + 1) if request.content else b""
+    if len(raw) > MAX_ADMIN_BODY:
+        raise APIError(413, "Admin requests are small; this body is too large.")
+    return raw
 
 
 class AccountsResource(_AdminResource):

@@ -37,6 +37,7 @@ from linkrouter.defaults import (  # noqa: F401 - re-exported for callers of con
     LISTEN_BACKLOG,
     LOG_FORMATS,
 )
+from linkrouter.limits import Limits
 from linkrouter.parsing import (  # noqa: F401 - re-exported
     ConfigError,
     parse_bool,
@@ -87,6 +88,7 @@ class Config:
     revocation_max_staleness: float | None = None
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    default_limits: Limits | None = None
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
@@ -179,4 +181,5 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         revocation_max_staleness=o.REVOCATION_MAX_STALENESS.value(raw, env) or None,
         header_timeout=o.HEADER_TIMEOUT.read(raw, env),
         max_connections=o.MAX_CONNECTIONS.read(raw, env),
+        default_limits=o.DEFAULT_LIMITS.value(raw, env),
     )

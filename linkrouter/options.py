@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from attrs import frozen
 
 from linkrouter import defaults as d
+from linkrouter.limits import Limits, LimitsError, parse_default_limits
 from linkrouter.parsing import (
     ConfigError,
     alias,
@@ -246,6 +247,21 @@ MAX_CONNECTIONS = Option(
     "answered 503 and closed.", ("LINKROUTER_MAX_CONNECTIONS",), count,
     d.DEFAULT_MAX_CONNECTIONS, str(d.DEFAULT_MAX_CONNECTIONS))
 
+
+def _default_limits(option: str, value: str) -> Limits | None:
+    try:
+        return parse_default_limits(value, flag=option)
+    except LimitsError as e:
+        # e.field is the flag or a path under it: "--default-limits.rpm: must be ..."
+        error = ConfigError(e.field, e.problem)
+        error.option = option
+        raise error from None
+
+
+DEFAULT_LIMITS = Option(
+    "default-limits", "Limits (JSON, DESIGN §9) for tokens without their own; stored and "
+    "shown, not yet enforced.", ("LINKROUTER_DEFAULT_LIMITS",), _default_limits, None, "none")
+
 VERBOSE = Flag("verbose", "Log upstream detail on each request.", "VERBOSE", "v")
 HSTS = Flag("hsts", "Send Strict-Transport-Security on TLS responses.", "LINKROUTER_HSTS")
 
@@ -282,6 +298,7 @@ OPTIONS: tuple[Option[Any] | Flag | Many, ...] = (
     UPSTREAM_IDLE_TIMEOUT, MAX_COOLDOWN, REFRESH_MARGIN, OAUTH_CLIENT_ID, MODEL_ALIAS,
     ALLOW_UPSTREAM, TLS_CERT, TLS_KEY, TLS_CHAIN, TLS_PORT, METRICS_LISTEN, SHUTDOWN_GRACE,
     STORE_TIMEOUT, REVOCATION_MAX_STALENESS, LOG_FORMAT, HEADER_TIMEOUT, MAX_CONNECTIONS,
+    DEFAULT_LIMITS,
 )
 
 #: Variables without a flag of their own (the seed's, and systemd's).

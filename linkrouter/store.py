@@ -16,6 +16,7 @@ after a crash) counts once.
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -29,10 +30,11 @@ from linkrouter.database import StoreUnavailable as StoreUnavailable
 from linkrouter.database import _Cursor, _reason
 from linkrouter.database import redact_url as redact_url
 from linkrouter.labels import escaped
+from linkrouter.limits import Limits
 from linkrouter.revocations import RevocationCache as RevocationCache
 from linkrouter.timefmt import MAX_TIMESTAMP, isoformat
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Migrations, in order: (version, statements). Never edit one that has shipped.
 _MIGRATIONS: list[tuple[int, list[str]]] = [
@@ -73,6 +75,13 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX usage_batches_applied ON usage_batches (applied_at)",
         ],
     ),
+    (
+        4,
+        [
+            # A token's own limits (DESIGN §9) as JSON text; NULL: none of its own.
+            "ALTER TABLE tokens ADD COLUMN limits TEXT",
+        ],
+    ),
 ]
 
 #: How long the store remembers a usage batch it has added (so a journal older than this,
@@ -81,7 +90,7 @@ BATCH_MEMORY_SECONDS = 2 * 24 * 3600
 
 _COLUMNS = (
     "id, label, created_at, expires_at, revoked_at, last_used_at, "
-    "request_count, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens"
+    "request_count, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, limits"
 )
 
 
@@ -100,6 +109,7 @@ class TokenRecord:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    limits: Limits | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,6 +126,7 @@ class TokenRecord:
             "output_tokens": self.output_tokens,
             "cache_read_tokens": self.cache_read_tokens,
             "cache_write_tokens": self.cache_write_tokens,
+            "limits": None if self.limits is None else self.limits.to_json(),
         }
 
 
@@ -178,13 +189,28 @@ def _label(value: object) -> str:
     return escaped(value) if isinstance(value, str) else ""
 
 
+def _limits(value: object) -> Limits | None:
+    """Stored limits JSON; text this linkrouter cannot read counts as no limits."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return Limits.from_json(json.loads(value))
+    except (ValueError, RecursionError):  # LimitsError is a ValueError
+        return None
+
+
+def _limits_text(limits: Limits | None) -> str | None:
+    return None if limits is None else json.dumps(limits.to_json(), sort_keys=True)
+
+
 def _record(row: Any) -> TokenRecord:
     """A row as a record; a value no current writer would store is clamped, not fatal."""
-    token_id, label, created, expires, revoked, used, *counts = row
+    token_id, label, created, expires, revoked, used, *counts, limits = row
+    requests, inputs, outputs, reads, writes = (_clamped(c, 2**63 - 1) for c in counts)
     return TokenRecord(
         str(token_id), _label(label), _moment(created), _moment(expires),
-        _maybe_moment(revoked), _maybe_moment(used),
-        *(_clamped(count, 2**63 - 1) for count in counts),
+        _maybe_moment(revoked), _maybe_moment(used), requests, inputs, outputs, reads, writes,
+        _limits(limits),
     )
 
 
@@ -224,7 +250,7 @@ class Queries:
 
     def insert(self, cursor: _Cursor, record: TokenRecord) -> TokenRecord:
         cursor.execute(
-            self._sql(f"INSERT INTO tokens ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+            self._sql(f"INSERT INTO tokens ({_COLUMNS}) VALUES ({', '.join('?' * 12)})"),
             (
                 record.id,
                 _label(record.label),
@@ -237,6 +263,7 @@ class Queries:
                 _clamped(record.output_tokens, MAX_COUNT),
                 _clamped(record.cache_read_tokens, MAX_COUNT),
                 _clamped(record.cache_write_tokens, MAX_COUNT),
+                _limits_text(record.limits),
             ),
         )
         return record
@@ -245,6 +272,20 @@ class Queries:
         cursor.execute(self._sql(f"SELECT {_COLUMNS} FROM tokens WHERE id = ?"), (token_id,))
         row = cursor.fetchone()
         return _record(row) if row else None
+
+    def update(self, cursor: _Cursor, token_id: str, label: str | None,
+               limits: Limits | None, set_limits: bool) -> TokenRecord | None:
+        """
+        Set a token's label (unless C{label} is None) and, when C{set_limits}, its limits
+        (C{None} clears them); C{None} when the store has no such id.
+        """
+        if label is not None:
+            cursor.execute(self._sql("UPDATE tokens SET label = ? WHERE id = ?"),
+                           (_label(label), token_id))
+        if set_limits:
+            cursor.execute(self._sql("UPDATE tokens SET limits = ? WHERE id = ?"),
+                           (_limits_text(limits), token_id))
+        return self.get(cursor, token_id)
 
     def list(self, cursor: _Cursor) -> list[TokenRecord]:
         cursor.execute(f"SELECT {_COLUMNS} FROM tokens ORDER BY created_at, id")
@@ -342,6 +383,10 @@ class TokenStore:
 
     def list(self) -> Any:
         return self.run(self.queries.list)
+
+    def update(self, token_id: str, label: str | None = None, limits: Limits | None = None,
+               set_limits: bool = False) -> Any:
+        return self.run(self.queries.update, token_id, label, limits, set_limits)
 
     def revoke(self, token_id: str, at: int) -> Any:
         return self.run(self.queries.revoke, token_id, at)
