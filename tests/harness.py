@@ -173,6 +173,18 @@ async def start_router(
     return Running(service, url, fake, upstream_url or fake_url, home, logs, admin_url)
 
 
+async def admin_call(running: Running, method: str, path: str, body: Any = None,
+                     key: str | None = ADMIN_KEY, raw: bytes | None = None) -> tuple[int, Any]:
+    """One admin API call over the network: its status and its JSON answer (or None)."""
+    headers = {"Authorization": "Bearer " + key} if key is not None else {}
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None
+                                        else None)
+    response = await running.http.request(method, (running.admin_url or running.url) + path,
+                                          headers=headers, data=data)
+    content = await response.content()
+    return response.code, json.loads(content) if content else None
+
+
 def http_client() -> HTTPClient:
     """A treq client with its own non-persistent pool (nothing left open after a test)."""
     return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))

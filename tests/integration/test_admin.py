@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 from linkrouter.adminguard import MAX_FAILURES
 from linkrouter.tokens import TokenAuthority
 
-from ..harness import ADMIN_KEY, TOKEN_SECRET, start_router
+from ..harness import ADMIN_KEY, TOKEN_SECRET, admin_call, start_router
 from ..unit.test_labels import UNPRINTABLE
 
 
@@ -26,20 +26,10 @@ class AdminAPITests(TestCase):
 
     timeout = 30
 
-    async def call(self, running: Any, method: str, path: str, body: Any = None,
-                   key: str | None = ADMIN_KEY, raw: bytes | None = None) -> tuple[int, Any]:
-        headers = {"Authorization": "Bearer " + key} if key is not None else {}
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None
-                                            else None)
-        response = await running.http.request(method, (running.admin_url or running.url) + path,
-                                               headers=headers, data=data)
-        content = await response.content()
-        return response.code, json.loads(content) if content else None
-
     async def test_lifecycle(self) -> None:
         """Issue, list, show and revoke a token; its record never holds the token."""
         running = await start_router(self)
-        code, issued = await self.call(running, "POST", "/api/tokens",
+        code, issued = await admin_call(running, "POST", "/api/tokens",
                                        {"ttl_hours": 2, "label": "alice"})
         self.assertEqual(code, 200)
         self.assertEqual(set(issued) >= {"token", "id", "label", "ttl_hours", "expires_at"},
@@ -50,19 +40,19 @@ class AdminAPITests(TestCase):
         self.assertEqual(claims.id, issued["id"])
         self.assertEqual(claims.expires_at - claims.issued_at, 2 * 3600)
 
-        code, listed = await self.call(running, "GET", "/api/tokens")
+        code, listed = await admin_call(running, "GET", "/api/tokens")
         self.assertEqual(code, 200)
         self.assertEqual([t["id"] for t in listed["tokens"]], [issued["id"]])
         self.assertNotIn(issued["token"], json.dumps(listed))
         self.assertNotIn("token", listed["tokens"][0])
 
-        code, shown = await self.call(running, "GET", "/api/tokens/" + issued["id"])
+        code, shown = await admin_call(running, "GET", "/api/tokens/" + issued["id"])
         self.assertEqual((code, shown["label"], shown["revoked_at"]), (200, "alice", None))
 
-        code, revoked = await self.call(running, "DELETE", "/api/tokens/" + issued["id"])
+        code, revoked = await admin_call(running, "DELETE", "/api/tokens/" + issued["id"])
         self.assertEqual(code, 200)
         self.assertIsNotNone(revoked["revoked_at"])
-        code, again = await self.call(running, "DELETE", "/api/tokens/" + issued["id"])
+        code, again = await admin_call(running, "DELETE", "/api/tokens/" + issued["id"])
         self.assertEqual((code, again["revoked_at"]), (200, revoked["revoked_at"]))
 
         response = await running.http.get(running.url + "/v1/models",
@@ -75,36 +65,36 @@ class AdminAPITests(TestCase):
         running = await start_router(self)
         token = (await running.issue())["token"]
         for key in (None, "wrong", ADMIN_KEY[:-1], token):
-            code, body = await self.call(running, "POST", "/api/tokens", {}, key=key)
+            code, body = await admin_call(running, "POST", "/api/tokens", {}, key=key)
             self.assertEqual(code, 401)
             self.assertEqual(body["error"]["type"], "authentication_error")
             self.assertNotIn(ADMIN_KEY, json.dumps(body))
             self.assertIn("admin-key", body["error"]["message"])
-        code, listed = await self.call(running, "GET", "/api/tokens")
+        code, listed = await admin_call(running, "GET", "/api/tokens")
         self.assertEqual(len(listed["tokens"]), 1)
 
     async def test_bad_input(self) -> None:
         """Bad bodies, unknown ids and wrong methods get clear Anthropic-shaped errors."""
         running = await start_router(self)
-        code, body = await self.call(running, "POST", "/api/tokens", raw=b"{oops")
+        code, body = await admin_call(running, "POST", "/api/tokens", raw=b"{oops")
         self.assertEqual((code, body["error"]["type"]), (400, "invalid_request_error"))
-        code, body = await self.call(running, "POST", "/api/tokens", {"ttl_hours": 0})
+        code, body = await admin_call(running, "POST", "/api/tokens", {"ttl_hours": 0})
         self.assertEqual((code, body["error"]["type"]), (400, "invalid_request_error"))
-        code, body = await self.call(running, "GET",
+        code, body = await admin_call(running, "GET",
                                      "/api/tokens/00000000-0000-4000-8000-000000000000")
         self.assertEqual((code, body["error"]["type"]), (404, "not_found_error"))
-        code, body = await self.call(running, "DELETE", "/api/tokens/not-a-uuid")
+        code, body = await admin_call(running, "DELETE", "/api/tokens/not-a-uuid")
         self.assertEqual((code, body["error"]["type"]), (404, "not_found_error"))
-        code, body = await self.call(running, "PUT", "/api/tokens", {})
+        code, body = await admin_call(running, "PUT", "/api/tokens", {})
         self.assertEqual((code, body["error"]["type"]), (405, "invalid_request_error"))
-        code, listed = await self.call(running, "GET", "/api/tokens")
+        code, listed = await admin_call(running, "GET", "/api/tokens")
         self.assertEqual(listed["tokens"], [])
 
     async def test_separate_admin_listener(self) -> None:
         """With --admin-listen, the admin API is there and gone from the client port."""
         running = await start_router(self, admin_listen=True)
         self.assertNotEqual(running.admin_url, running.url)
-        code, _ = await self.call(running, "POST", "/api/tokens", {"label": "x"})
+        code, _ = await admin_call(running, "POST", "/api/tokens", {"label": "x"})
         self.assertEqual(code, 200)
         response = await running.http.get(running.url + "/api/tokens",
                                           headers={"Authorization": "Bearer " + ADMIN_KEY})
@@ -121,7 +111,6 @@ class AdminHardeningTests(TestCase):
     """Labels, odd store rows, foreign tokens and key guessing, through a running router."""
 
     timeout = 30
-    call = AdminAPITests.call
 
     async def test_unprintable_labels_refused(self) -> None:
         """
@@ -131,13 +120,13 @@ class AdminHardeningTests(TestCase):
         """
         running = await start_router(self)
         for char in UNPRINTABLE:
-            code, body = await self.call(running, "POST", "/api/tokens",
+            code, body = await admin_call(running, "POST", "/api/tokens",
                                          raw=json.dumps({"label": "a" + char + "b"}).encode())
             self.assertEqual((code, body["error"]["type"]), (400, "invalid_request_error"),
                              repr(char))
             self.assertIn("label", body["error"]["message"])
             self.assertIn(f"U+{ord(char):04X}", body["error"]["message"])
-        code, listed = await self.call(running, "GET", "/api/tokens")
+        code, listed = await admin_call(running, "GET", "/api/tokens")
         self.assertEqual((code, listed["tokens"]), (200, []))
 
     async def test_foreign_label_escaped(self) -> None:
@@ -177,7 +166,7 @@ class AdminHardeningTests(TestCase):
                          " VALUES (?, ?, ?, ?, ?)",
                          (odd, "odd\x1b[31m", 253402300800, 2**63 - 1, -5))
             conn.commit()
-        code, listed = await self.call(running, "GET", "/api/tokens")
+        code, listed = await admin_call(running, "GET", "/api/tokens")
         self.assertEqual(code, 200, listed)
         records = {r["id"]: r for r in listed["tokens"]}
         self.assertEqual(set(records), {odd, issued["id"]})
@@ -185,7 +174,7 @@ class AdminHardeningTests(TestCase):
                           records[odd]["last_used_at"], records[odd]["label"]),
                          ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59Z",
                           "1970-01-01T00:00:00Z", "odd\\x1b[31m"))
-        code, shown = await self.call(running, "GET", "/api/tokens/" + odd)
+        code, shown = await admin_call(running, "GET", "/api/tokens/" + odd)
         self.assertEqual((code, shown["expires_at"]), (200, "9999-12-31T23:59:59Z"))
 
     async def test_revoke_before_first_use(self) -> None:
@@ -197,7 +186,7 @@ class AdminHardeningTests(TestCase):
         running = await start_router(self)
         authority = TokenAuthority(TOKEN_SECRET.encode(), running.router.upstream.reactor)
         token, claims = authority.mint("elsewhere", 3600)
-        code, record = await self.call(running, "DELETE", "/api/tokens/" + claims.id.upper())
+        code, record = await admin_call(running, "DELETE", "/api/tokens/" + claims.id.upper())
         self.assertEqual(code, 200, record)
         self.assertEqual((record["id"], record["label"], record["revoked"], record["created_at"],
                           record["expires_at"]), (claims.id, "", True, None, None))
@@ -206,11 +195,11 @@ class AdminHardeningTests(TestCase):
                                           headers={"x-api-key": token})
         body = json.loads(await response.content())
         self.assertEqual((response.code, body["error"]["type"]), (403, "permission_error"))
-        code, again = await self.call(running, "DELETE", "/api/tokens/" + claims.id)
+        code, again = await admin_call(running, "DELETE", "/api/tokens/" + claims.id)
         self.assertEqual((code, again["revoked_at"]), (200, record["revoked_at"]))
-        code, body = await self.call(running, "DELETE", "/api/tokens/not-a-uuid")
+        code, body = await admin_call(running, "DELETE", "/api/tokens/not-a-uuid")
         self.assertEqual((code, body["error"]["type"]), (404, "not_found_error"))
-        code, listed = await self.call(running, "GET", "/api/tokens")
+        code, listed = await admin_call(running, "GET", "/api/tokens")
         self.assertEqual([t["id"] for t in listed["tokens"]], [claims.id])
 
     async def test_guessing_slowed(self) -> None:
@@ -221,7 +210,7 @@ class AdminHardeningTests(TestCase):
         """
         running = await start_router(self)
         for _ in range(MAX_FAILURES):
-            code, body = await self.call(running, "GET", "/api/tokens", key="guess")
+            code, body = await admin_call(running, "GET", "/api/tokens", key="guess")
             self.assertEqual(code, 401)
         for key in ("guess", ADMIN_KEY):
             for method, data in (("GET", None), ("POST", b'{"label": "x"}')):
@@ -247,10 +236,10 @@ class AdminHardeningTests(TestCase):
         key_file = Path(self.mktemp())
         key_file.write_text(ADMIN_KEY + "\n")
         running = await start_router(self, admin_key=None, admin_key_file=str(key_file))
-        code, body = await self.call(running, "GET", "/api/tokens", key="nope")
+        code, body = await admin_call(running, "GET", "/api/tokens", key="nope")
         self.assertEqual((code, body["error"]["type"]), (401, "authentication_error"))
         self.assertNotIn(str(key_file), body["error"]["message"])
         self.assertNotIn(key_file.name, body["error"]["message"])
         self.assertIn(str(key_file), running.logs.text())
-        code, _ = await self.call(running, "GET", "/api/tokens")
+        code, _ = await admin_call(running, "GET", "/api/tokens")
         self.assertEqual(code, 200)

@@ -6,14 +6,13 @@ admin key.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from contextlib import closing
 from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from ..harness import ADMIN_KEY, start_router
+from ..harness import ADMIN_KEY, admin_call, start_router
 from .test_admin import store_file
 
 LIMITS = {"rpm": 60, "concurrency": 4, "budget_usd": {"5h": 2.5, "1d": 25},
@@ -26,28 +25,18 @@ class AdminLimitsTests(TestCase):
 
     timeout = 30
 
-    async def call(self, running: Any, method: str, path: str, body: Any = None,
-                   key: str | None = ADMIN_KEY, raw: bytes | None = None) -> tuple[int, Any]:
-        headers = {"Authorization": "Bearer " + key} if key is not None else {}
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None
-                                            else None)
-        response = await running.http.request(method, (running.admin_url or running.url) + path,
-                                               headers=headers, data=data)
-        content = await response.content()
-        return response.code, json.loads(content) if content else None
-
     async def test_issue_with_limits(self) -> None:
         """POST /api/tokens with limits stores them; GET (list and one) shows them."""
         running = await start_router(self)
-        code, issued = await self.call(running, "POST", "/api/tokens",
+        code, issued = await admin_call(running, "POST", "/api/tokens",
                                        {"label": "capped", "limits": LIMITS})
         self.assertEqual((code, issued["limits"]), (200, LIMITS))
-        code, plain = await self.call(running, "POST", "/api/tokens", {"label": "free"})
+        code, plain = await admin_call(running, "POST", "/api/tokens", {"label": "free"})
         self.assertEqual((code, plain["limits"]), (200, None))
-        code, listed = await self.call(running, "GET", "/api/tokens")
+        code, listed = await admin_call(running, "GET", "/api/tokens")
         self.assertEqual({t["label"]: t["limits"] for t in listed["tokens"]},
                          {"capped": LIMITS, "free": None})
-        code, shown = await self.call(running, "GET", "/api/tokens/" + issued["id"])
+        code, shown = await admin_call(running, "GET", "/api/tokens/" + issued["id"])
         self.assertEqual((code, shown["limits"]), (200, LIMITS))
 
     async def test_issue_bad_limits(self) -> None:
@@ -61,27 +50,27 @@ class AdminLimitsTests(TestCase):
             ("lots", "limits"),
         ]
         for limits, field in cases:
-            code, body = await self.call(running, "POST", "/api/tokens",
+            code, body = await admin_call(running, "POST", "/api/tokens",
                                          {"label": "x", "limits": limits})
             self.assertEqual((code, body["error"]["type"]), (400, "invalid_request_error"))
             self.assertTrue(body["error"]["message"].startswith(field + ":"), body)
-        code, listed = await self.call(running, "GET", "/api/tokens")
+        code, listed = await admin_call(running, "GET", "/api/tokens")
         self.assertEqual(listed["tokens"], [])
 
     async def test_patch(self) -> None:
         """PATCH replaces limits, clears them with null, and changes the label alone."""
         running = await start_router(self)
-        code, issued = await self.call(running, "POST", "/api/tokens",
+        code, issued = await admin_call(running, "POST", "/api/tokens",
                                        {"label": "a", "limits": LIMITS})
         path = "/api/tokens/" + issued["id"]
-        code, patched = await self.call(running, "PATCH", path, {"limits": {"rpm": 5}})
+        code, patched = await admin_call(running, "PATCH", path, {"limits": {"rpm": 5}})
         self.assertEqual((code, patched["limits"], patched["label"]), (200, {"rpm": 5}, "a"))
-        code, patched = await self.call(running, "PATCH", path, {"label": "b"})
+        code, patched = await admin_call(running, "PATCH", path, {"label": "b"})
         self.assertEqual((code, patched["limits"], patched["label"]), (200, {"rpm": 5}, "b"))
-        code, patched = await self.call(running, "PATCH", path,
+        code, patched = await admin_call(running, "PATCH", path,
                                         {"label": "c", "limits": None})
         self.assertEqual((code, patched["limits"], patched["label"]), (200, None, "c"))
-        code, shown = await self.call(running, "GET", path)
+        code, shown = await admin_call(running, "GET", path)
         self.assertEqual((shown["limits"], shown["label"], shown["id"]),
                          (None, "c", issued["id"]))
 
@@ -91,7 +80,7 @@ class AdminLimitsTests(TestCase):
         nothing; an unknown id is 404; PATCH without the admin key is 401.
         """
         running = await start_router(self)
-        code, issued = await self.call(running, "POST", "/api/tokens",
+        code, issued = await admin_call(running, "POST", "/api/tokens",
                                        {"label": "a", "limits": LIMITS})
         path = "/api/tokens/" + issued["id"]
         refusals: list[tuple[Any, str]] = [
@@ -102,26 +91,26 @@ class AdminLimitsTests(TestCase):
             ([1], "JSON object"),
         ]
         for body, named in refusals:
-            code, answer = await self.call(running, "PATCH", path, body)
+            code, answer = await admin_call(running, "PATCH", path, body)
             self.assertEqual((code, answer["error"]["type"]), (400, "invalid_request_error"))
             self.assertIn(named, answer["error"]["message"])
-        code, answer = await self.call(running, "PATCH", path, raw=b"{oops")
+        code, answer = await admin_call(running, "PATCH", path, raw=b"{oops")
         self.assertEqual(code, 400)
-        code, shown = await self.call(running, "GET", path)
+        code, shown = await admin_call(running, "GET", path)
         self.assertEqual((shown["label"], shown["limits"]), ("a", LIMITS))
 
-        code, answer = await self.call(running, "PATCH", "/api/tokens/" + UNKNOWN_ID,
+        code, answer = await admin_call(running, "PATCH", "/api/tokens/" + UNKNOWN_ID,
                                        {"limits": None})
         self.assertEqual((code, answer["error"]["type"]), (404, "not_found_error"))
-        code, answer = await self.call(running, "PATCH", "/api/tokens/not-a-uuid", {})
+        code, answer = await admin_call(running, "PATCH", "/api/tokens/not-a-uuid", {})
         self.assertEqual(code, 404)
-        code, listed = await self.call(running, "GET", "/api/tokens")
+        code, listed = await admin_call(running, "GET", "/api/tokens")
         self.assertEqual([t["id"] for t in listed["tokens"]], [issued["id"]])
 
         for key in (None, "wrong"):
-            code, answer = await self.call(running, "PATCH", path, {"limits": None}, key=key)
+            code, answer = await admin_call(running, "PATCH", path, {"limits": None}, key=key)
             self.assertEqual((code, answer["error"]["type"]), (401, "authentication_error"))
-        code, shown = await self.call(running, "GET", path)
+        code, shown = await admin_call(running, "GET", path)
         self.assertEqual(shown["limits"], LIMITS)
 
     async def test_allow_lists_patch(self) -> None:
@@ -146,5 +135,5 @@ class AdminLimitsTests(TestCase):
             conn.execute("UPDATE tokens SET limits = ? WHERE id = ?",
                          ('{"rpm": "many"', issued["id"]))
             conn.commit()
-        code, listed = await self.call(running, "GET", "/api/tokens")
+        code, listed = await admin_call(running, "GET", "/api/tokens")
         self.assertEqual((code, [t["limits"] for t in listed["tokens"]]), (200, [None]))
