@@ -461,6 +461,25 @@ def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
         connection.close()
 
 
+def wait_healthy(case: SynchronousTestCase, process: subprocess.Popen[bytes], port: int,
+                 log: Path, timeout: float) -> None:
+    """Poll C{GET /health} until it answers C{ok}, failing after C{timeout} seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            case.fail(f"twistd exited ({process.returncode}):\n{log.read_text()}")
+        try:
+            status, body = get(port, "/health")
+        except OSError:
+            pass
+        else:
+            case.assertEqual((status, body.strip()), (200, b"ok"), log.read_text())
+            return
+        if time.monotonic() > deadline:
+            case.fail(f"no answer on port {port} within {timeout} s:\n{log.read_text()}")
+        time.sleep(0.1)
+
+
 class SocketActivationTests(SynchronousTestCase):
     """
     C{twistd linkrouter} started the way systemd starts the shipped service: the
@@ -528,23 +547,6 @@ class SocketActivationTests(SynchronousTestCase):
         self.addCleanup(reap)
         return process, log
 
-    def wait_healthy(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        """Poll C{GET /health} until it answers C{ok}, at most L{START_TIMEOUT}."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                self.fail(f"twistd exited ({process.returncode}):\n{log.read_text()}")
-            try:
-                status, body = get(port, "/health")
-            except OSError:
-                pass
-            else:
-                self.assertEqual((status, body.strip()), (200, b"ok"), log.read_text())
-                return
-            if time.monotonic() > deadline:
-                self.fail(f"no answer within {START_TIMEOUT} s:\n{log.read_text()}")
-            time.sleep(0.1)
-
     def stop(self, process: subprocess.Popen[bytes], log: Path) -> None:
         """SIGTERM, then a bounded wait for a clean exit."""
         process.send_signal(signal.SIGTERM)
@@ -571,7 +573,7 @@ class SocketActivationTests(SynchronousTestCase):
         listener = self.listener(socket.AF_INET, "127.0.0.1")
         port = listener.getsockname()[1]
         process, log = self.start(listener, "systemd:domain=INET:index=0")
-        self.wait_healthy(process, port, log)
+        wait_healthy(self, process, port, log, START_TIMEOUT)
         # The secrets came from the credentials; nothing was generated in the state.
         self.assertFalse((self.state / "token-secret").exists())
         self.assertFalse((self.state / "admin-key").exists())
@@ -617,5 +619,5 @@ class SocketActivationTests(SynchronousTestCase):
             self.fail(f"the dual-stack unit variant needs an IPv6 socket: {e}")
         port = listener.getsockname()[1]
         process, log = self.start(listener, "systemd:domain=INET6:index=0")
-        self.wait_healthy(process, port, log)
+        wait_healthy(self, process, port, log, START_TIMEOUT)
         self.stop(process, log)

@@ -12,12 +12,12 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from ..unit.test_tap import DESIGN_OPTIONS, REPO
+from .test_systemd import wait_healthy
 
 #: Exactly what the C{twistd} console script runs. (C{python -m twisted.scripts.twistd}
 #: is no substitute: that module has no C{__main__} block and exits 0 doing nothing.)
@@ -214,24 +214,6 @@ class TwistdTests(SynchronousTestCase):
         self.addCleanup(reap)
         return process, log
 
-    def wait_healthy(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        """Poll C{GET /health} until it answers C{ok}, at most L{START_TIMEOUT}."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                self.fail(f"twistd exited ({process.returncode}):\n{log.read_text()}")
-            try:
-                status, body = get(port, "/health")
-            except OSError:
-                pass
-            else:
-                self.assertEqual((status, body.strip()), (200, b"ok"))
-                return
-            if time.monotonic() > deadline:
-                self.fail(f"no answer on port {port} within {START_TIMEOUT} s:\n"
-                          f"{log.read_text()}")
-            time.sleep(0.1)
-
     def assertServesWithGeneratedState(self, args: list[str], env: dict[str, str],
                                        port: int) -> None:
         """
@@ -239,7 +221,7 @@ class TwistdTests(SynchronousTestCase):
         (0600) whose paths, never values, are logged; SIGTERM stops it promptly.
         """
         process, log = self.start(args, env)
-        self.wait_healthy(process, port, log)
+        wait_healthy(self, process, port, log, START_TIMEOUT)
 
         self.assertEqual(stat.S_IMODE(self.data_dir.stat().st_mode), 0o700)
         files = [self.data_dir / "token-secret", self.data_dir / "admin-key"]
