@@ -88,15 +88,25 @@ class StoreRunner:
             thread.start()
         return call.deferred
 
-    def _give_up(self, call: _Call, why: str) -> None:
-        """On the reactor thread: answer C{call} with a failure now and cut its connection."""
+    def _settle(self, call: _Call) -> bool:
+        """
+        On the reactor thread: take C{call} out of the running set, once. Returns whether
+        this was the first settling (a call is answered by a worker or given up, not both).
+        """
         if call.abandoned:
-            return
+            return False
         call.abandoned = True
         if call.timer is not None and call.timer.active():
             call.timer.cancel()
         with self._lock:
             self._running.discard(call)
+        return True
+
+    def _give_up(self, call: _Call, why: str) -> None:
+        """On the reactor thread: answer C{call} with a failure now and cut its connection."""
+        if not self._settle(call):
+            return
+        with self._lock:
             connection = call.connection
         if connection is not None:
             _interrupt(connection)
@@ -106,13 +116,8 @@ class StoreRunner:
 
     def _finish(self, call: _Call, result: object) -> None:
         """On the reactor thread: deliver a worker's result unless it was given up on."""
-        if call.abandoned:
+        if not self._settle(call):
             return
-        call.abandoned = True
-        if call.timer is not None and call.timer.active():
-            call.timer.cancel()
-        with self._lock:
-            self._running.discard(call)
         if isinstance(result, Failure):
             call.deferred.errback(result)
         else:
