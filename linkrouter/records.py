@@ -1,13 +1,14 @@
 # -*- test-case-name: tests.unit.test_store,tests.integration.test_store -*-
 """
-What the token store holds and hands out: a token's record, a batch of usage, and how a
-row read back becomes a record (any value that got into the store is clamped, never
-fatal).
+What the token store holds and hands out: a token's record, a batch of usage, money in
+picodollars, and how a row read back becomes a record (any value that got into the store
+is clamped, never fatal).
 """
 
 from __future__ import annotations
 
 import json
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from attrs import frozen
@@ -55,7 +56,14 @@ class TokenRecord:
 
 @frozen
 class UsageDelta:
-    """Usage of one token since the last flush, with what is needed to create its row."""
+    """
+    Usage of one token (by one model, through one account, in one UTC hour) since the
+    last flush, with what is needed to create the token's row.
+
+    C{hour} is the start of the hour (epoch seconds, a multiple of 3600); 0 means the hour
+    of C{last_used_at} (journal lines written before hours were counted). C{cost_pusd} is
+    the API-equivalent price in picodollars (L{to_pusd}).
+    """
 
     id: str
     label: str
@@ -67,9 +75,21 @@ class UsageDelta:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    model: str = ""
+    account: str = ""
+    hour: int = 0
+    cost_pusd: int = 0
+
+    @property
+    def hour_start(self) -> int:
+        """The hour this usage is counted in: C{hour}, else C{last_used_at}'s hour."""
+        return self.hour or floor_hour(self.last_used_at)
 
     def plus(self, later: UsageDelta | None) -> UsageDelta:
-        """This usage followed by C{later} usage of the same token."""
+        """
+        This usage followed by C{later} usage of the same token (and model, account and
+        hour: this delta's are kept).
+        """
         if later is None:
             return self
         return UsageDelta(
@@ -83,11 +103,37 @@ class UsageDelta:
             output_tokens=self.output_tokens + later.output_tokens,
             cache_read_tokens=self.cache_read_tokens + later.cache_read_tokens,
             cache_write_tokens=self.cache_write_tokens + later.cache_write_tokens,
+            model=self.model,
+            account=self.account,
+            hour=self.hour,
+            cost_pusd=self.cost_pusd + later.cost_pusd,
         )
+
+
+#: Picodollars in a US dollar: costs are whole picodollars, so sums are exact.
+PUSD_PER_USD = 10**12
+_MICRO = Decimal("0.000001")
+
+
+def to_pusd(cost: Decimal) -> int:
+    """An exact cost in US dollars as whole picodollars (half a picodollar rounds up)."""
+    return int((cost * PUSD_PER_USD).to_integral_value(ROUND_HALF_UP))
+
+
+def usd(pusd: int) -> float:
+    """Picodollars as US dollars for the API: a JSON number rounded to 6 decimals."""
+    return float((Decimal(pusd) / PUSD_PER_USD).quantize(_MICRO, ROUND_HALF_UP))
+
+
+def floor_hour(seconds: int) -> int:
+    """The start of the UTC hour holding C{seconds} (epoch seconds)."""
+    return seconds - seconds % 3600
 
 
 #: The most one usage flush adds to a counter (keeps sums far from BIGINT's limit).
 MAX_COUNT = 2**53
+#: The most a counter (or a sum of counters) read back from the store is taken to be.
+MAX_STORED = 2**63 - 1
 
 
 def _clamped(value: object, high: int, default: int = 0) -> int:
@@ -129,7 +175,7 @@ def _limits_text(limits: Limits | None) -> str | None:
 def _record(row: Any) -> TokenRecord:
     """A row as a record; a value no current writer would store is clamped, not fatal."""
     token_id, label, created, expires, revoked, used, *counts, limits = row
-    requests, inputs, outputs, reads, writes = (_clamped(c, 2**63 - 1) for c in counts)
+    requests, inputs, outputs, reads, writes = (_clamped(c, MAX_STORED) for c in counts)
     return TokenRecord(
         str(token_id), _label(label), _moment(created), _moment(expires),
         _maybe_moment(revoked), _maybe_moment(used), requests, inputs, outputs, reads, writes,

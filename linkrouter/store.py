@@ -10,7 +10,9 @@ on start. Revocations are polled into an in-memory set
 counted in memory and written in batches (L{linkrouter.usage.UsageRecorder}) so a busy
 router does not write once per request. Each batch carries an id the store records with
 it, so a batch written twice (a retry after an answer that never came, a journal replayed
-after a crash) counts once.
+after a crash) counts once. Each batch is also added, per token, model, account and hour
+with its cost, to the usage ledger (L{linkrouter.ledger}) that budgets and reports read;
+the schema and its migrations are in L{linkrouter.schema}.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from linkrouter.database import StoreError as StoreError
 from linkrouter.database import StoreUnavailable as StoreUnavailable
 from linkrouter.database import _Cursor, _reason
 from linkrouter.database import redact_url as redact_url
+from linkrouter.ledger import LedgerQueries
 from linkrouter.limits import Limits
 from linkrouter.records import (
     MAX_COUNT,
     _clamped,
     _label,
+    _limits,
     _limits_text,
     _maybe_moment,
     _moment,
@@ -41,56 +45,9 @@ from linkrouter.records import (
 from linkrouter.records import TokenRecord as TokenRecord
 from linkrouter.records import UsageDelta as UsageDelta
 from linkrouter.revocations import RevocationCache as RevocationCache
-
-SCHEMA_VERSION = 4
-
-#: Migrations, in order: (version, statements). Never edit one that has shipped.
-_MIGRATIONS: list[tuple[int, list[str]]] = [
-    (
-        1,
-        [
-            """CREATE TABLE tokens (
-                id TEXT PRIMARY KEY,
-                label TEXT NOT NULL DEFAULT '',
-                created_at BIGINT NOT NULL,
-                expires_at BIGINT NOT NULL,
-                revoked_at BIGINT,
-                last_used_at BIGINT,
-                request_count BIGINT NOT NULL DEFAULT 0,
-                input_tokens BIGINT NOT NULL DEFAULT 0,
-                output_tokens BIGINT NOT NULL DEFAULT 0
-            )""",
-            "CREATE INDEX tokens_revoked ON tokens (revoked_at) WHERE revoked_at IS NOT NULL",
-        ],
-    ),
-    (
-        2,
-        [
-            # Prompt-cache reads and writes (5 m and 1 h together), most of Claude Code's
-            # input.
-            "ALTER TABLE tokens ADD COLUMN cache_read_tokens BIGINT NOT NULL DEFAULT 0",
-            "ALTER TABLE tokens ADD COLUMN cache_write_tokens BIGINT NOT NULL DEFAULT 0",
-        ],
-    ),
-    (
-        3,
-        [
-            # Usage batches already added, so a batch written again is skipped.
-            """CREATE TABLE usage_batches (
-                id TEXT PRIMARY KEY,
-                applied_at BIGINT NOT NULL
-            )""",
-            "CREATE INDEX usage_batches_applied ON usage_batches (applied_at)",
-        ],
-    ),
-    (
-        4,
-        [
-            # A token's own limits (DESIGN §9) as JSON text; NULL: none of its own.
-            "ALTER TABLE tokens ADD COLUMN limits TEXT",
-        ],
-    ),
-]
+from linkrouter.schema import _MIGRATIONS as _MIGRATIONS
+from linkrouter.schema import SCHEMA_VERSION as SCHEMA_VERSION
+from linkrouter.schema import migrate
 
 #: How long the store remembers a usage batch it has added (so a journal older than this,
 #: replayed, could count twice).
@@ -112,33 +69,19 @@ class Queries:
     def _sql(self, text: str) -> str:
         return text.replace("?", self.placeholder)
 
+    @property
+    def ledger(self) -> LedgerQueries:
+        """The usage ledger's queries, in the same dialect."""
+        return LedgerQueries(self.placeholder)
+
     def migrate(self, cursor: _Cursor) -> int:
         """Bring the schema to L{SCHEMA_VERSION}; return the version found before."""
-        # One migrator at a time, and all of a migration or none of it.
-        if self.kind == "postgresql":
-            cursor.execute("SELECT pg_advisory_xact_lock(7468212)")
-        else:
-            cursor.execute("BEGIN IMMEDIATE")
-        cursor.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        cursor.execute("SELECT MAX(version) FROM schema_version")
-        row = cursor.fetchone()
-        found = int(row[0]) if row and row[0] is not None else 0
-        if found > SCHEMA_VERSION:
-            raise StoreError(
-                f"the store has schema version {found}, newer than this linkrouter "
-                f"understands ({SCHEMA_VERSION}); upgrade linkrouter"
-            )
-        for version, statements in _MIGRATIONS:
-            if version > found:
-                for statement in statements:
-                    cursor.execute(statement)
-                cursor.execute(self._sql("INSERT INTO schema_version (version) VALUES (?)"),
-                               (version,))
-        return found
+        return migrate(cursor, self.kind, self._sql)
 
     def insert(self, cursor: _Cursor, record: TokenRecord) -> TokenRecord:
         cursor.execute(
-            self._sql(f"INSERT INTO tokens ({_COLUMNS}) VALUES ({', '.join('?' * 12)})"),
+            self._sql(f"INSERT INTO tokens ({_COLUMNS}, limits_at) "
+                      f"VALUES ({', '.join('?' * 13)})"),
             (
                 record.id,
                 _label(record.label),
@@ -152,6 +95,8 @@ class Queries:
                 _clamped(record.cache_read_tokens, MAX_COUNT),
                 _clamped(record.cache_write_tokens, MAX_COUNT),
                 _limits_text(record.limits),
+                # limits given at issue are new to every instance from then
+                None if record.limits is None else _moment(record.created_at),
             ),
         )
         return record
@@ -162,18 +107,35 @@ class Queries:
         return _record(row) if row else None
 
     def update(self, cursor: _Cursor, token_id: str, label: str | None,
-               limits: Limits | None, set_limits: bool) -> TokenRecord | None:
+               limits: Limits | None, set_limits: bool, at: int = 0) -> TokenRecord | None:
         """
         Set a token's label (unless C{label} is None) and, when C{set_limits}, its limits
-        (C{None} clears them); C{None} when the store has no such id.
+        (C{None} clears them) marked as changed at C{at}; C{None} when the store has no
+        such id.
         """
         if label is not None:
             cursor.execute(self._sql("UPDATE tokens SET label = ? WHERE id = ?"),
                            (_label(label), token_id))
         if set_limits:
-            cursor.execute(self._sql("UPDATE tokens SET limits = ? WHERE id = ?"),
-                           (_limits_text(limits), token_id))
+            cursor.execute(self._sql("UPDATE tokens SET limits = ?, limits_at = ? WHERE id = ?"),
+                           (_limits_text(limits), _moment(at), token_id))
         return self.get(cursor, token_id)
+
+    def limits_since(self, cursor: _Cursor,
+                     since: int) -> builtins.list[tuple[str, Limits | None]]:
+        """
+        Each token whose limits were set or cleared at or after C{since}, with its limits
+        now (C{None}: none of its own, or unreadable), by id.
+        """
+        cursor.execute(self._sql("SELECT id, limits FROM tokens WHERE limits_at >= ? "
+                                 "ORDER BY id"), (since,))
+        return [(str(token_id), _limits(text)) for token_id, text in cursor.fetchall()]
+
+    def all_limits(self, cursor: _Cursor) -> builtins.list[tuple[str, Limits]]:
+        """Each token with limits of its own (readable ones), by id."""
+        cursor.execute("SELECT id, limits FROM tokens WHERE limits IS NOT NULL ORDER BY id")
+        found = ((str(token_id), _limits(text)) for token_id, text in cursor.fetchall())
+        return [(token_id, limits) for token_id, limits in found if limits is not None]
 
     def list(self, cursor: _Cursor) -> list[TokenRecord]:
         cursor.execute(f"SELECT {_COLUMNS} FROM tokens ORDER BY created_at, id")
@@ -208,7 +170,9 @@ class Queries:
     def add_usage(self, cursor: _Cursor, deltas: builtins.list[UsageDelta],
                   batch: str | None = None, at: int = 0) -> bool:
         """
-        Add usage counters, creating rows for tokens minted elsewhere (same secret).
+        Add usage counters, creating rows for tokens minted elsewhere (same secret), and
+        add each delta to its hour in the ledger (L{LedgerQueries.add}), all in one
+        transaction.
 
         With a C{batch} id, the batch is added once: if the store already has that id,
         nothing changes and the answer is C{False}. Ids older than
@@ -248,6 +212,7 @@ class Queries:
                  _clamped(d.cache_read_tokens, MAX_COUNT),
                  _clamped(d.cache_write_tokens, MAX_COUNT)),
             )
+        self.ledger.add(cursor, deltas, at)
         return True
 
 
@@ -273,8 +238,14 @@ class TokenStore:
         return self.run(self.queries.list)
 
     def update(self, token_id: str, label: str | None = None, limits: Limits | None = None,
-               set_limits: bool = False) -> Any:
-        return self.run(self.queries.update, token_id, label, limits, set_limits)
+               set_limits: bool = False, at: int = 0) -> Any:
+        return self.run(self.queries.update, token_id, label, limits, set_limits, at)
+
+    def limits_since(self, since: int) -> Any:
+        return self.run(self.queries.limits_since, since)
+
+    def all_limits(self) -> Any:
+        return self.run(self.queries.all_limits)
 
     def revoke(self, token_id: str, at: int) -> Any:
         return self.run(self.queries.revoke, token_id, at)
@@ -288,6 +259,16 @@ class TokenStore:
     def add_usage(self, deltas: builtins.list[UsageDelta], batch: str | None = None,
                   at: int = 0) -> Any:
         return self.run(self.queries.add_usage, deltas, batch, at)
+
+    def spend_since(self, updated_since: int, hours_from: int) -> Any:
+        return self.run(self.queries.ledger.spend_since, updated_since, hours_from)
+
+    def token_windows(self, token_id: str, now: int) -> Any:
+        return self.run(self.queries.ledger.token_windows, token_id, now)
+
+    def usage_report(self, since: int, until: int | None,
+                     group_by: tuple[str, ...] = ()) -> Any:
+        return self.run(self.queries.ledger.usage_report, since, until, group_by)
 
     def migrate(self) -> Any:
         return self.run(self.queries.migrate)

@@ -120,8 +120,7 @@ class StoreLimitsMixin(_Backend):
                    "INSERT INTO tokens (id, label, created_at, expires_at, request_count) "
                    f"VALUES ('{old}', 'old', {NOW}, {NOW + DAY}, 7)")
         self.assertEqual(prepare(self.database), (3, frozenset()))
-        self.assertEqual(SCHEMA_VERSION, 4)
-        self.assertEqual(self.versions(self.database), [1, 2, 3, 4])
+        self.assertEqual(self.versions(self.database), list(range(1, SCHEMA_VERSION + 1)))
         store = self.store()
         kept = self.successResultOf(store.get(old))
         self.assertEqual((kept.label, kept.request_count, kept.limits), ("old", 7, None))
