@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.unit.test_admin,tests.integration.test_admin -*-
 """
-The admin API: issue, list, show, change (label, limits) and revoke router tokens; show
-upstream accounts.
+The admin API: issue, list, show (with usage per window), change (label, limits) and
+revoke router tokens; show upstream accounts; usage reports (L{linkrouter.adminusage}).
 
 Every call needs C{Authorization: Bearer <admin key>}, compared in constant time. The
 request and response of C{POST /api/tokens} keep link-assistant-router's field names
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import frozen
@@ -26,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET
 from linkrouter.adminguard import AdminGuard
 from linkrouter.errors import APIError, Dialect, anthropic_style, render_json, write_error
 from linkrouter.labels import MAX_LABEL_LENGTH, label_problem  # noqa: F401 - re-exported
+from linkrouter.ledger import GroupingError, check_group_by
 from linkrouter.limits import Limits, LimitsError
 from linkrouter.store import RevocationCache, TokenRecord, TokenStore
 from linkrouter.timefmt import isoformat
@@ -166,16 +167,43 @@ class TokenAdmin:
         return {"tokens": [r.to_json() for r in records]}
 
     async def show(self, token_id: str) -> dict[str, Any]:
+        """The token's record with its C{usage} per window (L{windows})."""
         token_id = _token_id(token_id)
         record: TokenRecord | None = await self.store.get(token_id)
         if record is None:
             raise _not_found(token_id)
-        return record.to_json()
+        return {**record.to_json(), "usage": await self.windows(token_id)}
+
+    async def windows(self, token_id: str) -> dict[str, dict[str, Any]]:
+        """
+        A token's usage in the windows C{5h}, C{1d}, C{7d}, C{30d} (whole hours, up to
+        now) and C{total}: requests, tokens of each kind and C{cost_usd}.
+        """
+        windows: dict[str, dict[str, Any]] = await self.store.token_windows(
+            _token_id(token_id), int(self.clock.seconds()))
+        return windows
+
+    async def usage(self, since: int, until: int | None = None,
+                    group_by: Sequence[str] = ()) -> dict[str, Any]:
+        """
+        Usage from C{since} up to C{until} (Unix seconds, by the hour) grouped by
+        C{group_by} (token, model, account, day or hour): C{{"rows", "totals"}}.
+
+        @raise APIError: 400 naming C{group_by} or C{until} when either is wrong.
+        """
+        try:
+            keys = check_group_by(group_by)
+        except GroupingError as e:
+            raise _bad(f"group_by: {e}") from None
+        if until is not None and until < since:
+            raise _bad("until: must not be before since")
+        report: dict[str, Any] = await self.store.usage_report(since, until, keys)
+        return report
 
     async def update(self, token_id: str, ask: UpdateRequest) -> dict[str, Any]:
         token_id = _token_id(token_id)
         record: TokenRecord | None = await self.store.update(
-            token_id, ask.label, ask.limits, ask.set_limits)
+            token_id, ask.label, ask.limits, ask.set_limits, int(self.clock.seconds()))
         if record is None:
             raise _not_found(token_id)
         return record.to_json()
@@ -299,9 +327,13 @@ class AccountsResource(_AdminResource):
 def admin_resources(admin: TokenAdmin, describe_accounts: Callable[[], dict[str, Any]],
                     guard: AdminGuard) -> dict[bytes, Resource]:
     """The admin endpoints, by their name under C{/api}."""
+    # imported here: adminusage builds on this module's resources
+    from linkrouter.adminusage import UsageResource
+
     return {
         b"tokens": TokensResource(admin, guard),
         b"accounts": AccountsResource(describe_accounts, guard),
+        b"usage": UsageResource(admin, guard),
     }
 
 
