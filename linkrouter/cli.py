@@ -2,8 +2,10 @@
 """
 The C{linkrouter} console script, for operators:
 
-    linkrouter [options] tokens issue [--label L] [--ttl-hours N]
+    linkrouter [options] tokens issue [--label L] [--ttl-hours N] [limits]
     linkrouter [options] tokens list | show ID | revoke ID
+    linkrouter [options] tokens limit ID (--clear | limits)
+    linkrouter [options] usage [--since 7d|ISO] [--until ISO] [--by token,model,day] [--json]
     linkrouter [options] doctor [--online]
     linkrouter --version
 
@@ -11,16 +13,18 @@ It takes the daemon's options and environment (before or after the command), so 
 on the same store and secret. It never creates either: only the daemon does, and a secret
 made up here would sign tokens the daemon refuses. A running daemon picks up a revocation
 made here within two seconds.
+
+The C{tokens} commands live in L{linkrouter.clitokens}, C{usage} in L{linkrouter.cliusage};
+here are the parser, the store they share and C{doctor}.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -28,10 +32,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from linkrouter.clitokens import TokensOptions, tokens
 from linkrouter.config import Config
 from linkrouter.database import Database, StoreError, redact_url
 from linkrouter.errors import APIError
-from linkrouter.labels import escaped
 from linkrouter.parsing import ConfigError
 from linkrouter.revocations import RevocationCache
 from linkrouter.state import STRONG_SECRET_LENGTH, find_secret, store_missing_message
@@ -53,51 +57,6 @@ def _clock() -> IReactorTime:
     return cast(IReactorTime, WallClock())
 
 
-class _JSONFlag(usage.Options):
-    optFlags = [["json", None, "Print JSON instead of a table."]]
-
-
-class IssueOptions(usage.Options):
-    synopsis = "[--label LABEL] [--ttl-hours HOURS]"
-    optParameters = [
-        ["label", "l", "", "Who or what the token is for."],
-        ["ttl-hours", "t", 24, "Hours until the token expires.", int],
-    ]
-
-
-class ListOptions(_JSONFlag):
-    pass
-
-
-class _IdOptions(usage.Options):
-    synopsis = "TOKEN_ID"
-
-    def parseArgs(self, token_id: str) -> None:  # type: ignore[override]
-        self["id"] = token_id
-
-
-class ShowOptions(_IdOptions):
-    pass
-
-
-class RevokeOptions(_IdOptions):
-    pass
-
-
-class TokensOptions(usage.Options):
-    synopsis = "issue|list|show|revoke"
-    subCommands = [
-        ["issue", None, IssueOptions, "Issue a new router token (printed once)."],
-        ["list", None, ListOptions, "List tokens (ids and metadata, never tokens)."],
-        ["show", None, ShowOptions, "Show one token's record."],
-        ["revoke", None, RevokeOptions, "Revoke a token by id."],
-    ]
-
-    def postOptions(self) -> None:
-        if self.subCommand is None:
-            raise usage.UsageError("choose one of: issue, list, show, revoke")
-
-
 class DoctorOptions(usage.Options):
     synopsis = "[--online]"
     optFlags = [["online", None, "Also check that the upstream answers (one HTTPS request)."]]
@@ -106,21 +65,22 @@ class DoctorOptions(usage.Options):
 class Options(DaemonOptions):
     """The daemon's options, plus the operator's commands."""
 
-    synopsis = "[options] tokens|doctor [options]"
+    synopsis = "[options] tokens|usage|doctor [options]"
     longdesc = (
-        "Operate a linkrouter: issue, list, show and revoke router tokens, or check the "
-        "configuration. Takes the same options and environment as `twistd linkrouter`; "
-        "they may come before or after the command. It reads the daemon's secrets and "
-        "store and never creates them: point it at the daemon's data directory."
+        "Operate a linkrouter: issue, list, show, limit and revoke router tokens, report "
+        "usage and cost, or check the configuration. Takes the same options and "
+        "environment as `twistd linkrouter`; they may come before or after the command. "
+        "It reads the daemon's secrets and store and never creates them: point it at the "
+        "daemon's data directory."
     )
     subCommands = [
-        ["tokens", None, TokensOptions, "Issue, list, show and revoke router tokens."],
+        ["tokens", None, TokensOptions, "Issue, list, show, limit and revoke router tokens."],
         ["doctor", None, DoctorOptions, "Check configuration, store and credentials."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("choose a command: tokens or doctor")
+            raise usage.UsageError("choose a command: tokens, usage or doctor")
         super().postOptions()
 
 
@@ -138,17 +98,21 @@ def run_now(coroutine: Coroutine[Any, Any, Any]) -> Any:
 def _globals_first(argv: list[str]) -> list[str]:
     """
     Move the daemon's options given after a command (C{doctor --online --upstream X}) in
-    front of it, where the parser looks for them. A command's own options, and their
-    values, stay where they are; C{--version} is linkrouter's wherever it is.
+    front of it, where the parser looks for them, and a command's arguments after its
+    options (C{tokens limit ID --rpm 5}: getopt stops at the first argument). A command's
+    own options, and their values, stay where they are; C{--version} is linkrouter's
+    wherever it is.
     """
     parser: usage.Options = Options({})
     top = own = _option_names(parser)
     front: list[str] = []
     rest: list[str] = []
+    arguments: list[str] = []
     args = iter(argv)
     for arg in args:
         if arg == "--":
-            rest += [arg, *args]
+            rest += [arg, *arguments, *args]
+            arguments = []
             break
         if not arg.startswith("-") or arg == "-":
             commands = {c[0]: c[2] for c in getattr(parser, "subCommands", None) or []}
@@ -156,7 +120,9 @@ def _globals_first(argv: list[str]) -> list[str]:
                 parser = commands[arg]()
                 own = _option_names(parser)
                 own.pop("version", None)
-            rest.append(arg)
+                rest.append(arg)
+            else:
+                arguments.append(arg)
             continue
         name = arg[2:].partition("=")[0] if arg.startswith("--") else arg[1]
         names, target = (own, rest) if name in own else (top, front if name in top else rest)
@@ -166,7 +132,7 @@ def _globals_first(argv: list[str]) -> list[str]:
             value = next(args, None)
             if value is not None:
                 target.append(value)
-    return front + rest
+    return front + rest + arguments
 
 
 def _option_names(options: usage.Options) -> dict[str, bool]:
@@ -204,39 +170,13 @@ def _existing_store(config: Config) -> Database:
     return database
 
 
-def _table(records: list[dict[str, Any]], out: TextIO) -> None:
-    columns = ["id", "label", "created_at", "expires_at", "revoked_at", "last_used_at",
-               "request_count"]
-    # Every cell escaped: a label stored by an older version (or any other writer) must not
-    # reach the terminal raw.
-    rows = [[escaped(str(r.get(c)), None) if r.get(c) is not None else "-" for c in columns]
-            for r in records]
-    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
-    for row in [columns] + rows:
-        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
-
-
-def tokens(config: Config, options: usage.Options, out: TextIO) -> int:
+def with_admin(config: Config, command: Callable[[TokenAdmin], Coroutine[Any, Any, int]]
+               ) -> int:
+    """Run C{command} with a L{TokenAdmin} on the daemon's store, then close the store."""
     admin, connection = _token_admin(config)
     try:
-        command, sub = options.subCommand, options.subOptions
-        if command == "issue":
-            from linkrouter.admin import IssueRequest
-
-            ask = IssueRequest.from_json({"label": sub["label"], "ttl_hours": sub["ttl-hours"]})
-            result = run_now(admin.issue(ask))
-            out.write(json.dumps(result, indent=2) + "\n")
-        elif command == "list":
-            records = run_now(admin.list())["tokens"]
-            if sub["json"]:
-                out.write(json.dumps({"tokens": records}, indent=2) + "\n")
-            else:
-                _table(records, out)
-        elif command == "show":
-            out.write(json.dumps(run_now(admin.show(sub["id"])), indent=2) + "\n")
-        elif command == "revoke":
-            out.write(json.dumps(run_now(admin.revoke(sub["id"])), indent=2) + "\n")
-        return 0
+        result: int = run_now(command(admin))
+        return result
     finally:
         connection.close()
 
@@ -378,7 +318,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     try:
         if options.subCommand == "tokens":
-            return tokens(options.config, options.subOptions, out)
+            sub = options.subOptions
+            return with_admin(options.config, lambda admin: tokens(admin, sub, out))
         return doctor(options.config, out, bool(options.subOptions["online"]))
     except (ConfigError, APIError) as e:
         message = e.message if isinstance(e, APIError) else str(e)

@@ -62,8 +62,11 @@ def authority(secret: str) -> TokenAuthority:
     return TokenAuthority(secret.encode("utf-8"), clock)
 
 
-class CLITestsMixin:
-    """The console script's behaviour; the backend comes from the concrete class."""
+class CLIHarness:
+    """
+    A daemon's data directory and store, and the console script run on them; the backend
+    comes from the concrete class.
+    """
 
     # provided by SynchronousTestCase
     mktemp: Any
@@ -122,6 +125,10 @@ class CLITestsMixin:
         self.assertTrue(outcome.err.startswith("linkrouter: error:"), outcome.err)
         for phrase in phrases:
             self.assertIn(phrase, outcome.err)
+
+
+class CLITestsMixin(CLIHarness):
+    """The console script's behaviour; the backend comes from the concrete class."""
 
     def test_issue(self) -> None:
         """
