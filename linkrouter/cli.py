@@ -33,6 +33,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from linkrouter.clitokens import TokensOptions, tokens
+from linkrouter.cliusage import UsageOptions, usage_report
 from linkrouter.config import Config
 from linkrouter.database import Database, StoreError, redact_url
 from linkrouter.errors import APIError
@@ -75,6 +76,7 @@ class Options(DaemonOptions):
     )
     subCommands = [
         ["tokens", None, TokensOptions, "Issue, list, show, limit and revoke router tokens."],
+        ["usage", None, UsageOptions, "Usage and cost by token, model, account, day."],
         ["doctor", None, DoctorOptions, "Check configuration, store and credentials."],
     ]
 
@@ -317,9 +319,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         sys.stderr.write(f"linkrouter: error: {e} (see linkrouter --help)\n")
         return 2
     try:
-        if options.subCommand == "tokens":
+        command = {"tokens": tokens, "usage": usage_report}.get(options.subCommand or "")
+        if command is not None:
             sub = options.subOptions
-            return with_admin(options.config, lambda admin: tokens(admin, sub, out))
+            return with_admin(options.config, lambda admin: command(admin, sub, out))
         return doctor(options.config, out, bool(options.subOptions["online"]))
     except (ConfigError, APIError) as e:
         message = e.message if isinstance(e, APIError) else str(e)

@@ -71,6 +71,7 @@ class CLIHarness:
     # provided by SynchronousTestCase
     mktemp: Any
     assertEqual: Any
+    successResultOf: Any
     assertNotEqual: Any
     assertIn: Any
     assertNotIn: Any
