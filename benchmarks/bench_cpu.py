@@ -24,26 +24,16 @@ import signal
 import statistics
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from common import LOOPBACK, RESPONSES, free_port, say
-from measure import Measure
+from common import LOOPBACK, RESPONSES, cpu_seconds, free_port, say
+from measure import Measure, Request
 from processes import Failed, Processes, script, twistd_command
 from stack import ROUTER_ENV_DROP, Proxy, Stack
 
-TICK = os.sysconf("SC_CLK_TCK")
-
 #: The request variants: name -> whether the request asks for an SSE stream.
 VARIANTS = {"json": False, "sse": True}
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
-    return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of stat(5)
 
 
 class CheckoutStack(Stack):
@@ -78,15 +68,6 @@ class CheckoutStack(Stack):
         ]
         return Proxy("linkrouter", port, self.procs.spawn(
             "router", self.router_cmd, env=env, proxy=True))
-
-
-@dataclass
-class Request:
-    """What L{Measure.wrk} reads of a stack: the path, the body and the headers."""
-
-    path: str
-    body: str
-    headers: dict[str, str]
 
 
 def measure_for(stack: CheckoutStack, variant: str) -> Measure:

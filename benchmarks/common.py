@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import os
 import re
 import socket
 import sys
@@ -23,6 +24,7 @@ BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 RESPONSES = REPO / "tests" / "fixtures" / "responses"
 LOOPBACK = "127.0.0.1"
+TICK = os.sysconf("SC_CLK_TCK")
 
 #: What every synthetic SSE event of the fake upstream carries: its sequence number and
 #: the C{CLOCK_MONOTONIC} nanoseconds just before the upstream wrote it.
@@ -166,6 +168,13 @@ def proc_status(pid: int) -> dict[str, int]:
             if key in ("VmRSS", "VmHWM"):
                 values[key] = int(rest.split()[0])
     return values
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of stat(5)
 
 
 def listen_overflows() -> int | None:

@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,16 @@ def loadgen_label(loadgen: str) -> str:
         return f"wrk ({first[0].split(' [')[0] if first else 'unknown version'})"
     missing = "" if shutil.which("wrk") else " (wrk is not installed)"
     return "built-in asyncio HTTP/1.1 keep-alive client" + missing
+
+
+@dataclass
+class Request:
+    """What L{Measure.wrk} and L{Measure.python_load} read of a stack: the path, the body
+    and the headers (to load a stack with another body or token than its own)."""
+
+    path: str
+    body: str
+    headers: dict[str, str]
 
 
 class Measure:

@@ -58,6 +58,8 @@ class Stack:
         self.headers: dict[str, str] = {}
         self.proxies: list[Proxy] = []
         self.router_cmd: list[str] = []
+        #: Extra flags for linkrouter (e.g. C{--database URL}), after the usual ones.
+        self.router_args: list[str] = []
 
     @property
     def router(self) -> Proxy:
@@ -100,7 +102,7 @@ class Stack:
             "--token-secret", self.token_secret,
             "--admin-key", self.admin_key,
             "--oauth-token", self.oauth,
-        ]
+        ] + self.router_args
         return Proxy("linkrouter", port, self.procs.spawn(
             "router", self.router_cmd, env=env, proxy=True))
 
