@@ -1,128 +1,191 @@
 # -*- test-case-name: tests.unit.test_metering -*-
 """
-Usage metering: reads token usage from a response as it passes, without holding it back.
+Usage metering: reads token usage and the model from an answer as it passes, without
+holding it back.
 
-A streamed answer reports usage in its C{message_start} and C{message_delta} events; a
-JSON answer in its C{usage} object. The meter sees each chunk after it has been written
-to the client, keeps only the part of an event not yet complete, and never more than
-L{MAX_PENDING} bytes of it.
+The upstream always answers in Anthropic's format (dialect shaping happens on the client
+side of the relay). A streamed answer reports usage in its C{message_start} and
+C{message_delta} events, and its model in C{message_start}; a JSON answer has C{usage} and
+C{model} at its top level. Reports are merged by L{linkrouter.tokenusage.UsageTally}: a
+later report replaces an earlier one field by field, so a stream cut short counts what it
+reported before it broke.
+
+The meter sees every chunk of every answer, so it does little per chunk: it keeps only the
+part of an event not yet complete (never more than L{MAX_PENDING} bytes of it), finds event
+ends with one C{find} each, and decodes only the events that can carry usage or the model
+(told by their C{event:} line, or, for an event without one, by a substring test), never
+the C{content_block_delta} events that make up most of a stream.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from attrs import define, field
 
+from linkrouter.tokenusage import Usage, UsageTally
+
 #: Longest incomplete SSE event, or JSON body, the meter keeps before giving up on it.
 MAX_PENDING = 4 * 1024 * 1024
 
+#: Longest model id kept; a longer C{model} value is not believed.
+MAX_MODEL_LENGTH = 256
 
-#: Usage keys read from an answer, and the meter attribute each one sets.
-_COUNTED = (
-    ("input_tokens", "input_tokens"),
-    ("output_tokens", "output_tokens"),
-    ("cache_read_input_tokens", "cache_read_tokens"),
-    ("cache_creation_input_tokens", "cache_creation_tokens"),
-)
-#: The parts of C{usage.cache_creation}, by cache lifetime.
-_CACHE_WRITES = (
-    ("ephemeral_5m_input_tokens", "cache_write_5m_tokens"),
-    ("ephemeral_1h_input_tokens", "cache_write_1h_tokens"),
-)
+#: The types of the SSE events that carry usage or the model.
+_WANTED = (b"message_start", b"message_delta")
+#: How an event whose C{event:} line names one of L{_WANTED} begins.
+_WANTED_LINES = tuple(prefix + name for prefix in (b"event: ", b"event:") for name in _WANTED)
 
 
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
-        else None
+def _model(value: Any) -> str | None:
+    if isinstance(value, str) and 0 < len(value) <= MAX_MODEL_LENGTH:
+        return value
+    return None
 
 
 @define
 class UsageMeter:
     """
-    Feed it the response body chunk by chunk; read C{input_tokens}, C{output_tokens},
-    C{cache_read_tokens} and C{cache_write_tokens} (the 5 m and 1 h cache writes
-    together; apart in C{cache_write_5m_tokens} and C{cache_write_1h_tokens} when the
-    answer breaks them down). Every count is the largest seen so far, so a stream cut
-    short has counted what it reported before it broke.
+    Feed it the response body chunk by chunk with L{feed}, then L{close} it; read L{usage}
+    and L{model}. C{input_tokens}, C{output_tokens}, C{cache_read_tokens} and
+    C{cache_write_tokens} are read-only views of L{usage}.
     """
 
     streaming: bool
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_creation_tokens: int = 0
-    cache_write_5m_tokens: int = 0
-    cache_write_1h_tokens: int = 0
+    _tally: UsageTally = field(factory=UsageTally)
+    _model: str | None = None
     _pending: bytearray = field(factory=bytearray)
+    #: Where the search for the end of the pending event resumes.
+    _scan: int = 0
+    #: A chunk ended in CR: held back until the next shows whether it starts a CRLF.
+    _cr: bool = False
+    #: An SSE event grew past MAX_PENDING: its bytes are dropped until it ends.
+    _skipping: bool = False
+    #: A JSON answer grew past MAX_PENDING: nothing more is read from it.
     _overflowed: bool = False
+    _closed: bool = False
 
     @classmethod
     def for_content_type(cls, content_type: bytes | None) -> UsageMeter:
         streaming = bool(content_type and content_type.lower().startswith(b"text/event-stream"))
         return cls(streaming=streaming)
 
-    def feed(self, chunk: bytes) -> None:
-        if self._overflowed:
-            return
-        self._pending += chunk
-        if self.streaming:
-            self._events()
-        if len(self._pending) > MAX_PENDING:
-            self._overflowed = True
-            self._pending = bytearray()
+    @property
+    def usage(self) -> Usage:
+        """The usage the answer reported so far (all of it, once closed)."""
+        return self._tally.usage
 
-    def close(self) -> None:
-        """The body is complete: account for what is left."""
-        if self._overflowed:
-            return
-        if self.streaming:
-            self._pending += b"\n\n"
-            self._events()
-        elif self._pending:
-            try:
-                self._usage(json.loads(bytes(self._pending)).get("usage"))
-            except (ValueError, AttributeError):
-                pass
-        self._pending = bytearray()
+    @property
+    def model(self) -> str | None:
+        """The model the answer names (C{message_start.message.model}, or the JSON's)."""
+        return self._model
 
-    def _events(self) -> None:
-        data = self._pending.replace(b"\r\n", b"\n")
-        *complete, rest = data.split(b"\n\n")
-        self._pending = bytearray(rest)
-        for event in complete:
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:"):
-                    self._data(line[5:].strip())
+    @property
+    def input_tokens(self) -> int:
+        return self.usage.input_tokens
 
-    def _data(self, payload: bytes | bytearray) -> None:
-        try:
-            message = json.loads(payload)
-        except ValueError:
-            return
-        if not isinstance(message, dict):
-            return
-        if message.get("type") == "message_start" and isinstance(message.get("message"), dict):
-            self._usage(message["message"].get("usage"))
-        elif message.get("type") == "message_delta":
-            self._usage(message.get("usage"))
+    @property
+    def output_tokens(self) -> int:
+        return self.usage.output_tokens
+
+    @property
+    def cache_read_tokens(self) -> int:
+        return self.usage.cache_read_tokens
 
     @property
     def cache_write_tokens(self) -> int:
-        """Cache writes of every lifetime (the store's C{cache_write_tokens})."""
-        return max(self.cache_creation_tokens,
-                   self.cache_write_5m_tokens + self.cache_write_1h_tokens)
+        """Cache writes of both lifetimes together."""
+        return self.usage.cache_write_tokens
 
-    def _usage(self, usage: Any) -> None:
-        if not isinstance(usage, dict):
+    def feed(self, chunk: bytes) -> None:
+        """Read the next C{chunk} of the body."""
+        if self._closed or self._overflowed or not chunk:
             return
-        self._take(usage, _COUNTED)
-        if isinstance(usage.get("cache_creation"), dict):
-            self._take(usage["cache_creation"], _CACHE_WRITES)
+        if not self.streaming:
+            self._pending += chunk
+            if len(self._pending) > MAX_PENDING:
+                self._overflowed = True
+                self._pending = bytearray()
+            return
+        self._pending += self._lines(chunk)
+        self._events()
 
-    def _take(self, source: dict[str, Any], keys: tuple[tuple[str, str], ...]) -> None:
-        for key, attribute in keys:
-            value = _count(source.get(key))
-            if value is not None:
-                setattr(self, attribute, max(getattr(self, attribute), value))
+    def close(self) -> None:
+        """The body is complete (or will never be): account for what is left."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.streaming:
+            if self._cr:
+                self._cr = False
+                self._pending += b"\n"
+            if not self._skipping:
+                self._event(0, len(self._pending))
+        elif self._pending and not self._overflowed:
+            try:
+                answer = json.loads(self._pending)
+            except ValueError:
+                answer = None
+            if isinstance(answer, Mapping):
+                self._tally.body(answer)
+                self._model = _model(answer.get("model")) or self._model
+        self._pending = bytearray()
+
+    def _lines(self, chunk: bytes) -> bytes:
+        """C{chunk} with its CRLF line ends made LF (a CR at its end held for the next)."""
+        if self._cr:
+            chunk = b"\r" + chunk
+            self._cr = False
+        if b"\r" not in chunk:
+            return chunk
+        if chunk.endswith(b"\r"):
+            self._cr = True
+            chunk = chunk[:-1]
+        return chunk.replace(b"\r\n", b"\n")
+
+    def _events(self) -> None:
+        """Read every complete event in the pending bytes and keep the rest."""
+        pending = self._pending
+        start = 0
+        while True:
+            end = pending.find(b"\n\n", self._scan)
+            if end < 0:
+                break
+            if self._skipping:
+                self._skipping = False
+            else:
+                self._event(start, end)
+            start = self._scan = end + 2
+        if start:
+            del pending[:start]
+        if self._skipping or len(pending) > MAX_PENDING:
+            # An event this long carries no usage worth keeping it for: drop it to its end
+            # (keeping the last byte, which may be the first half of the blank line).
+            self._skipping = True
+            del pending[:-1]
+        # The next search starts where this one stopped (less the "\n" it may need).
+        self._scan = max(0, len(pending) - 1)
+
+    def _event(self, start: int, end: int) -> None:
+        """Decode the event in C{_pending[start:end]} if it can carry usage or the model."""
+        pending = self._pending
+        if pending.startswith(b"event:", start):
+            if not pending.startswith(_WANTED_LINES, start):
+                return
+        elif all(pending.find(name, start, end) < 0 for name in _WANTED):
+            return
+        data = [line[5:].removeprefix(b" ") for line in pending[start:end].split(b"\n")
+                if line.startswith(b"data:")]
+        try:
+            message = json.loads(b"\n".join(data))
+        except ValueError:
+            return
+        if not isinstance(message, Mapping):
+            return
+        self._tally.event(message)
+        if message.get("type") == "message_start":
+            inner = message.get("message")
+            if isinstance(inner, Mapping):
+                self._model = _model(inner.get("model")) or self._model
