@@ -47,6 +47,7 @@ from linkrouter.parsing import (  # noqa: F401 - re-exported
     sqlite_url,
 )
 from linkrouter.parsing import database as database_url
+from linkrouter.pricing import PriceTable
 
 
 @frozen
@@ -89,6 +90,8 @@ class Config:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     default_limits: Limits | None = None
+    #: Prices that cost usage: C{--prices FILE}, else the shipped table.
+    prices: PriceTable = field(factory=PriceTable.shipped, repr=False)
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
@@ -182,4 +185,5 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         header_timeout=o.HEADER_TIMEOUT.read(raw, env),
         max_connections=o.MAX_CONNECTIONS.read(raw, env),
         default_limits=o.DEFAULT_LIMITS.value(raw, env),
+        prices=o.PRICES.value(raw, env) or PriceTable.shipped(),
     )

@@ -38,6 +38,7 @@ from linkrouter.parsing import (
     upstream_rule,
     url,
 )
+from linkrouter.pricing import PriceTable, PriceTableError
 
 __all__ = ["OPTIONS", "ConfigError", "Flag", "Many", "Option"]
 
@@ -262,6 +263,21 @@ DEFAULT_LIMITS = Option(
     "default-limits", "Limits (JSON, DESIGN §9) for tokens without their own; stored and "
     "shown, not yet enforced.", ("LINKROUTER_DEFAULT_LIMITS",), _default_limits, None, "none")
 
+
+
+def _prices(option: str, value: str) -> PriceTable:
+    try:
+        return PriceTable.load(path(option, value))
+    except PriceTableError as e:
+        # "--prices: FILE: pattern 'claude-*': field 'input' must be ..." on one line.
+        raise ConfigError(option, " ".join(str(e).splitlines())) from None
+
+
+PRICES = Option(
+    "prices", "Price table (JSON: fnmatch model patterns to USD per million tokens) that "
+    "costs usage, instead of the shipped one.", ("LINKROUTER_PRICES",), _prices,
+    shown="linkrouter/prices.json")
+
 VERBOSE = Flag("verbose", "Log upstream detail on each request.", "VERBOSE", "v")
 HSTS = Flag("hsts", "Send Strict-Transport-Security on TLS responses.", "LINKROUTER_HSTS")
 
@@ -298,7 +314,7 @@ OPTIONS: tuple[Option[Any] | Flag | Many, ...] = (
     UPSTREAM_IDLE_TIMEOUT, MAX_COOLDOWN, REFRESH_MARGIN, OAUTH_CLIENT_ID, MODEL_ALIAS,
     ALLOW_UPSTREAM, TLS_CERT, TLS_KEY, TLS_CHAIN, TLS_PORT, METRICS_LISTEN, SHUTDOWN_GRACE,
     STORE_TIMEOUT, REVOCATION_MAX_STALENESS, LOG_FORMAT, HEADER_TIMEOUT, MAX_CONNECTIONS,
-    DEFAULT_LIMITS,
+    DEFAULT_LIMITS, PRICES,
 )
 
 #: Variables without a flag of their own (the seed's, and systemd's).
