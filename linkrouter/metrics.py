@@ -1,14 +1,16 @@
-# -*- test-case-name: tests.integration.test_observability -*-
+# -*- test-case-name: tests.unit.test_metrics,tests.integration.test_observability -*-
 """
 Prometheus metrics, on a registry of the router's own (so two routers in one process,
 as in the tests, do not share counters).
 
-No label ever carries a token or a token id: accounts are named by their stable ids,
-requests by dialect, route and status.
+No label ever carries a token, a token id or a token's label: accounts are named by their
+stable ids, requests by dialect, route and status, usage by model (L{ModelLabels} keeps
+that label's values few) and kind, policy refusals by the limit that refused.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
+
+from linkrouter.tokenusage import Usage
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
                     600)
@@ -48,6 +52,43 @@ class _Accounts(Collector):
         yield healthy
         yield state
         yield served
+
+
+#: Most distinct models a router names in its usage labels; the rest are "other".
+MAX_MODEL_LABELS = 64
+#: What a model id must look like to be a label value: short, lower case, digits, dots, dashes.
+_PLAUSIBLE_MODEL = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}")
+#: The C{limit} label values of policy refusals (DESIGN §9); anything else is "other".
+POLICY_LIMITS = ("models", "concurrency", "rpm", "budget_usd.5h", "budget_usd.1d",
+                 "budget_usd.7d", "budget_usd.30d")
+#: The C{kind} label values of usage tokens, and the L{Usage} field each counts.
+TOKEN_KINDS = (("input", "input_tokens"), ("output", "output_tokens"),
+               ("cache_read", "cache_read_tokens"), ("cache_write_5m", "cache_write_5m_tokens"),
+               ("cache_write_1h", "cache_write_1h_tokens"))
+_PUSD_PER_USD = 10**12
+
+
+class ModelLabels:
+    """
+    The C{model} label value for a model id, so the label's values stay few whatever the
+    upstream answers: the id itself when it looks like one (at most 64 characters of
+    C{[a-z0-9.-]}) and it is among the first L{MAX_MODEL_LABELS} such ids seen, else
+    C{"other"}; an unknown model (C{""} or C{None}) is C{"unknown"}.
+    """
+
+    def __init__(self, limit: int = MAX_MODEL_LABELS) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, model: str | None) -> str:
+        if not model:
+            return "unknown"
+        if model in self._seen:
+            return model
+        if len(self._seen) < self._limit and _PLAUSIBLE_MODEL.fullmatch(model):
+            self._seen.add(model)
+            return model
+        return "other"
 
 
 def _nan_if_none(value: float | None) -> float:
@@ -84,6 +125,22 @@ class Metrics:
         self.refreshes = Counter(
             "linkrouter_credential_refreshes", "OAuth refreshes of upstream accounts, by "
             "outcome (ok, transient, terminal, rotated_elsewhere)", ["outcome"], registry=r)
+        self.model_label = ModelLabels()
+        self.usage_tokens = Counter(
+            "linkrouter_usage_tokens", "Tokens the upstream reported used, by model and kind "
+            "(input, output, cache_read, cache_write_5m, cache_write_1h)", ["model", "kind"],
+            registry=r)
+        self.usage_cost = Counter(
+            "linkrouter_usage_cost_usd", "API-equivalent cost of the usage in USD, by model",
+            ["model"], registry=r)
+        self.unpriced = Counter(
+            "linkrouter_unpriced_models", "Answers whose model no price row matched (priced "
+            "by family or the most expensive row)", registry=r)
+        self.policy_refusals = Counter(
+            "linkrouter_policy_refusals", "Requests a token's limits refused, by limit "
+            "(models, concurrency, rpm, budget_usd.WINDOW)", ["limit"], registry=r)
+        for limit in POLICY_LIMITS:
+            self.policy_refusals.labels(limit)
         if accounts is not None:
             r.register(_Accounts(accounts))
         if revocations_age is not None:
@@ -92,6 +149,26 @@ class Metrics:
                   "Seconds since the revocations known here were last read from the token "
                   "store (NaN before the first read)",
                   registry=r).set_function(lambda: _nan_if_none(age()))
+
+    def counted(self, model: str | None, usage: Usage, cost_pusd: int, priced: bool) -> None:
+        """
+        One answer's usage: its tokens by kind and its cost (picodollars, as recorded) under
+        the model's label; C{priced} false (no price row matched the model) counts it as
+        unpriced.
+        """
+        label = self.model_label(model)
+        for kind, name in TOKEN_KINDS:
+            tokens = getattr(usage, name)
+            if tokens:
+                self.usage_tokens.labels(label, kind).inc(tokens)
+        if cost_pusd > 0:
+            self.usage_cost.labels(label).inc(cost_pusd / _PUSD_PER_USD)
+        if not priced:
+            self.unpriced.inc()
+
+    def refused(self, limit: str) -> None:
+        """A token's C{limit} (one of L{POLICY_LIMITS}) refused a request."""
+        self.policy_refusals.labels(limit if limit in POLICY_LIMITS else "other").inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition format, and its content type."""
