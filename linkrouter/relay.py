@@ -35,6 +35,7 @@ from linkrouter.errors import client_reason, short_reason
 from linkrouter.metering import UsageMeter
 from linkrouter.metrics import Metrics
 from linkrouter.tokens import TokenClaims
+from linkrouter.tokenusage import Usage
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 
@@ -42,10 +43,8 @@ _log = Logger(namespace="linkrouter.relay")
 
 
 class UsageSink(Protocol):
-    def record(
-        self, claims: TokenClaims, input_tokens: int = 0, output_tokens: int = 0,
-        requests: int = 1, cache_read_tokens: int = 0, cache_write_tokens: int = 0,
-    ) -> None: ...
+    def record(self, claims: TokenClaims, usage: Usage | None = None, model: str = "",
+               account: str = "", requests: int = 1) -> None: ...
 
 
 @define(eq=False)
@@ -151,6 +150,8 @@ class Relay:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     metrics: Metrics | None = None
     dialect: str = "messages"
+    #: The model the request named, if known: the answer's own C{model} is preferred.
+    model: str | None = None
     gone: bool = False
     paused: bool = False
     _meter: UsageMeter = field(factory=lambda: UsageMeter(streaming=False))
@@ -282,12 +283,10 @@ class Relay:
         self.streams.discard(self)
         meter = self._meter
         meter.close()
-        if self._counted_tokens:
-            self.usage.record(self.claims, meter.input_tokens, meter.output_tokens,
-                              cache_read_tokens=meter.cache_read_tokens,
-                              cache_write_tokens=meter.cache_write_tokens)
-        else:
-            self.usage.record(self.claims)
+        model = meter.model or self.model or ""
+        account = self.note.account_id or ""
+        usage = meter.usage if self._counted_tokens else None
+        self.usage.record(self.claims, usage, model, account)
 
     def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():

@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.unit.test_journal -*-
 """
-Token usage, counted in memory per router token and written to the store in batches
-(every second in the daemon), so a busy router does not write once per request.
+Token usage, counted in memory per router token, model, account and hour, priced (the
+API-equivalent cost, L{linkrouter.pricing}), and written to the store in batches (every
+second in the daemon), so a busy router does not write once per request. The cost is also
+handed to the spend book at once, so this instance's budgets see an answer as it ends.
 
 Each batch carries an id the store records with it, so a batch written twice (a retry
 after an answer that never came, a journal replayed after a crash) counts once. A batch
@@ -20,8 +22,16 @@ from twisted.internet.defer import DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from linkrouter.pricing import Price, PriceTable
+from linkrouter.records import to_pusd
+from linkrouter.spendbook import SpendBook, hour_of
 from linkrouter.store import TokenStore, UsageDelta
 from linkrouter.tokens import TokenClaims
+from linkrouter.tokenusage import Usage
+
+_NOTHING = Usage()
+#: How many models' prices the recorder remembers before it starts again.
+_PRICES_REMEMBERED = 256
 
 
 @define(eq=False)
@@ -53,28 +63,62 @@ class UsageRecorder:
     journal: Any = None
     offload: Callable[..., Any] = maybeDeferred
     outage: Any = None
-    pending: dict[str, UsageDelta] = field(factory=dict)
+    prices: PriceTable = field(factory=PriceTable.shipped)
+    metrics: Any = None
+    spend: SpendBook | None = None
+    pending: dict[tuple[str, str, str, int], UsageDelta] = field(factory=dict)
     unconfirmed: list[UsageBatch] = field(factory=list)
     _lock: DeferredLock = field(factory=DeferredLock)
+    _prices_seen: dict[str, tuple[Price, bool]] = field(factory=dict)
     _log = Logger()
 
-    def record(self, claims: TokenClaims, input_tokens: int = 0, output_tokens: int = 0,
-               requests: int = 1, cache_read_tokens: int = 0,
-               cache_write_tokens: int = 0) -> None:
+    def record(self, claims: TokenClaims, usage: Usage | None = None, model: str = "",
+               account: str = "", requests: int = 1) -> None:
+        """
+        Count one answer (C{requests=1}) of C{model} from C{account}: its C{usage} (none:
+        a request that got no answer worth counting) and what that costs.
+        """
+        now = self.clock.seconds()
+        hour = hour_of(now)
+        cost = 0
+        if usage is not None and usage != _NOTHING:
+            price, matched = self._price(model)
+            usd = price.cost(usage)
+            cost = to_pusd(usd)
+            if self.metrics is not None:
+                self.metrics.counted(model, usage, cost, matched)
+            if self.spend is not None:
+                self.spend.record(claims.id, hour, cost)
+        else:
+            usage = _NOTHING
         delta = UsageDelta(
             id=claims.id,
             label=claims.label,
             created_at=claims.issued_at,
             expires_at=claims.expires_at,
-            last_used_at=int(self.clock.seconds()),
+            last_used_at=int(now),
             requests=requests,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cache_read_tokens=cache_read_tokens,
-            cache_write_tokens=cache_write_tokens,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            model=model,
+            account=account,
+            hour=hour,
+            cost_pusd=cost,
         )
-        old = self.pending.get(claims.id)
-        self.pending[claims.id] = old.plus(delta) if old else delta
+        key = (claims.id, model, account, hour)
+        old = self.pending.get(key)
+        self.pending[key] = old.plus(delta) if old else delta
+
+    def _price(self, model: str) -> tuple[Price, bool]:
+        """The table's price for C{model}, remembered (a few hundred models at most)."""
+        known = self._prices_seen.get(model)
+        if known is None:
+            if len(self._prices_seen) >= _PRICES_REMEMBERED:
+                self._prices_seen.clear()
+            known = self._prices_seen[model] = self.prices.price_for(model)
+        return known
 
     async def flush(self) -> None:
         """
@@ -91,6 +135,8 @@ class UsageRecorder:
         if self.pending:
             self.unconfirmed.append(UsageBatch(list(self.pending.values())))
             self.pending = {}
+        if self.spend is not None:
+            self.spend.seal()
         journaled = any(batch.journaled for batch in self.unconfirmed)
         while self.unconfirmed:
             batch = self.unconfirmed[0]
@@ -101,6 +147,8 @@ class UsageRecorder:
                 await self.save()
                 return
             self.unconfirmed.pop(0)
+        if self.spend is not None:
+            self.spend.written()
         if self.outage is not None:
             self.outage.answered()
         if journaled and self.journal is not None:

@@ -31,6 +31,7 @@ from linkrouter.proxy import Proxy
 from linkrouter.resource import build_tree
 from linkrouter.testing import FakeAnthropic, FakeTokenEndpoint, Received, Recorded, load_answers
 from linkrouter.tokens import Gatekeeper, TokenAuthority, TokenClaims
+from linkrouter.tokenusage import Usage
 from linkrouter.upstream import IdentityEncodingAgent, Upstream
 
 from ..harness import RESPONSES, capture_logs
@@ -58,9 +59,8 @@ def bearer(seen: Received) -> str:
 class _Usage:
     records: list[str] = field(factory=list)
 
-    def record(self, claims: TokenClaims, input_tokens: int = 0, output_tokens: int = 0,
-               requests: int = 1, cache_read_tokens: int = 0,
-               cache_write_tokens: int = 0) -> None:
+    def record(self, claims: TokenClaims, usage: Usage | None = None, model: str = "",
+               account: str = "", requests: int = 1) -> None:
         self.records.append(claims.id)
 
 

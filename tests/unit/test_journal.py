@@ -27,6 +27,7 @@ from linkrouter.store import (
     prepare,
 )
 from linkrouter.tokens import TokenClaims
+from linkrouter.tokenusage import Usage
 from linkrouter.usage import UsageBatch, UsageRecorder
 
 from ..harness import capture_logs
@@ -80,7 +81,7 @@ class JournalTests(SynchronousTestCase):
 
     def use(self, recorder: UsageRecorder, requests: int) -> None:
         for _ in range(requests):
-            recorder.record(self.claims, input_tokens=2, output_tokens=1)
+            recorder.record(self.claims, Usage(input_tokens=2, output_tokens=1))
 
     def test_overlapping_flushes(self) -> None:
         """

@@ -33,6 +33,7 @@ from linkrouter.proxy import Proxy
 from linkrouter.resource import build_tree
 from linkrouter.testing import FakeAnthropic, Recorded, load_answers
 from linkrouter.tokens import Gatekeeper, TokenAuthority, TokenClaims
+from linkrouter.tokenusage import Usage
 from linkrouter.upstream import (
     OAUTH_BETA,
     IdentityEncodingAgent,
@@ -162,10 +163,10 @@ class HeaderRuleTests(SynchronousTestCase):
 class _Usage:
     records: list[tuple[str, int, int]] = field(factory=list)
 
-    def record(self, claims: TokenClaims, input_tokens: int = 0, output_tokens: int = 0,
-               requests: int = 1, cache_read_tokens: int = 0,
-               cache_write_tokens: int = 0) -> None:
-        self.records.append((claims.id, input_tokens, output_tokens))
+    def record(self, claims: TokenClaims, usage: Usage | None = None, model: str = "",
+               account: str = "", requests: int = 1) -> None:
+        used = usage or Usage()
+        self.records.append((claims.id, used.input_tokens, used.output_tokens))
 
 
 @define

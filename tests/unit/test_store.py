@@ -39,6 +39,7 @@ from linkrouter.store import (
 )
 from linkrouter.storerunner import StoreRunner
 from linkrouter.tokens import MAX_TIMESTAMP, TokenClaims
+from linkrouter.tokenusage import Usage
 from linkrouter.usage import UsageRecorder
 
 from ..harness import capture_logs
@@ -634,8 +635,8 @@ class PoolTestsMixin(_Backend):
         recorder = UsageRecorder(self.store, clock)
         normal = TokenClaims(new_id(), "normal", NOW, NOW + DAY)
         absurd = TokenClaims(new_id(), "absurd\ud800", NOW, 2**63)
-        recorder.record(absurd, input_tokens=1)
-        recorder.record(normal, input_tokens=5, output_tokens=6)
+        recorder.record(absurd, Usage(input_tokens=1))
+        recorder.record(normal, Usage(input_tokens=5, output_tokens=6))
         await recorder.flush()
         self.assertEqual(recorder.pending, {})
         self.assertEqual(self.flushLoggedErrors(), [])
@@ -657,12 +658,12 @@ class PoolTestsMixin(_Backend):
         recorder = UsageRecorder(self.store, clock)
         claims = TokenClaims(known.id, known.label, known.created_at, known.expires_at)
         stranger = TokenClaims(new_id(), "stranger", NOW + 50, NOW + 50 + DAY)
-        recorder.record(claims, input_tokens=10, output_tokens=5)
+        recorder.record(claims, Usage(input_tokens=10, output_tokens=5))
         clock.advance(3)
-        recorder.record(claims, input_tokens=20, output_tokens=7)
+        recorder.record(claims, Usage(input_tokens=20, output_tokens=7))
         clock.advance(3)
-        recorder.record(claims, input_tokens=1, output_tokens=1)
-        recorder.record(stranger, input_tokens=4, output_tokens=2)
+        recorder.record(claims, Usage(input_tokens=1, output_tokens=1))
+        recorder.record(stranger, Usage(input_tokens=4, output_tokens=2))
         self.assertEqual(self.calls, ["insert"])
         self.assertEqual(len(recorder.pending), 2)
 
@@ -695,8 +696,8 @@ class PoolTestsMixin(_Backend):
         await self.store.insert(record)
         recorder = UsageRecorder(self.store, clock)
         claims = TokenClaims(record.id, record.label, record.created_at, record.expires_at)
-        recorder.record(claims, input_tokens=10, output_tokens=5)
-        recorder.record(claims, input_tokens=10, output_tokens=5)
+        recorder.record(claims, Usage(input_tokens=10, output_tokens=5))
+        recorder.record(claims, Usage(input_tokens=10, output_tokens=5))
 
         self.break_table()
         await recorder.flush()
@@ -705,7 +706,7 @@ class PoolTestsMixin(_Backend):
         self.assertEqual([(d.requests, d.input_tokens, d.output_tokens) for d in kept.deltas],
                          [(2, 20, 10)])
         clock.advance(5)
-        recorder.record(claims, input_tokens=1, output_tokens=2)
+        recorder.record(claims, Usage(input_tokens=1, output_tokens=2))
 
         self.mend_table()
         await recorder.flush()

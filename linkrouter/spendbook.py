@@ -1,0 +1,157 @@
+# -*- test-case-name: tests.unit.test_spendbook,tests.integration.test_fleet_limits -*-
+"""
+What each token has spent, per hour, over the longest budget window: the figures budgets
+are checked against (DESIGN §9), kept in memory so checking a budget costs no query.
+
+Two sources add up:
+
+  - the store's view: the cost of each token-hour as the store has it (every instance's
+    usage), loaded at start and polled every second for the token-hours written since
+    the last good poll (they are read whole, so a poll replaces, never adds);
+  - this instance's own spend not yet in that view: recorded when an answer ends, kept
+    until a poll that started after the usage write committed has read it back.
+
+So on one instance a budget sees every answer that has ended; across a fleet it sees the
+others' answers about two seconds (one flush, one poll) after they ended. Windows are
+counted in whole hours: spend in the hour a window's start falls in counts in full, so a
+window errs towards refusing, never towards spending more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from attrs import define, field
+from twisted.logger import Logger
+
+from linkrouter.limits import WINDOWS
+from linkrouter.outage import Outage
+
+HOUR = 3600
+#: How far back spend is kept: the longest window and the hour it starts in.
+KEPT_SECONDS = max(WINDOWS.values()) + HOUR
+RESYNC_SECONDS = 600.0
+#: An incremental poll re-reads token-hours written this many seconds before the last
+#: good poll started (clock skew between instances, commits that land late).
+OVERLAP_SECONDS = 120
+_PICO = Decimal(10) ** 12
+
+#: Per token, per hour start: picodollars.
+Hours = dict[int, int]
+
+
+def hour_of(moment: float) -> int:
+    """The start of the hour C{moment} falls in."""
+    return int(moment) // HOUR * HOUR
+
+
+@define
+class _Local:
+    """This instance's spend not yet seen in the store's view."""
+
+    hours: dict[str, Hours] = field(factory=dict)
+    #: Clock time the usage write holding all of it committed (C{None}: not yet).
+    written_at: float | None = None
+
+
+@define(eq=False)
+class SpendBook:
+    """Spend per token and hour; L{spend} sums it per budget window."""
+
+    store: Any
+    clock: Any
+    loaded_at: float | None = None
+    outage: Outage | None = None
+    _view: dict[str, Hours] = field(factory=dict)
+    _local: list[_Local] = field(factory=lambda: [_Local()])
+    _full_at: float | None = None
+    _log = Logger()
+
+    def __attrs_post_init__(self) -> None:
+        if self.outage is None:
+            self.outage = Outage(self.clock, "spend", "budgets use the spend already known")
+
+    def spend(self, token_id: str, windows: Iterable[str]) -> dict[str, Decimal]:
+        """The token's spend in each of C{windows} (C{5h}, C{1d}, ...), in USD."""
+        hours = dict(self._view.get(token_id, {}))
+        for local in self._local:
+            for hour, pusd in local.hours.get(token_id, {}).items():
+                hours[hour] = hours.get(hour, 0) + pusd
+        now = self.clock.seconds()
+        spent = {}
+        for window in windows:
+            start = hour_of(now - WINDOWS[window])
+            total = sum(pusd for hour, pusd in hours.items() if hour >= start)
+            spent[window] = Decimal(total) / _PICO
+        return spent
+
+    def record(self, token_id: str, hour: int, pusd: int) -> None:
+        """This instance has spent C{pusd} for C{token_id} in C{hour} (not yet written)."""
+        if pusd <= 0:
+            return
+        hours = self._local[-1].hours.setdefault(token_id, {})
+        hours[hour] = hours.get(hour, 0) + pusd
+
+    def seal(self) -> None:
+        """A usage write is taking everything recorded so far: later spend is apart."""
+        if self._local[-1].hours:
+            self._local.append(_Local())
+
+    def written(self) -> None:
+        """The spend sealed so far is in the store now (a usage write committed)."""
+        now = self.clock.seconds()
+        for local in self._local[:-1]:
+            if local.written_at is None:
+                local.written_at = now
+
+    def loaded(self, rows: Iterable[tuple[str, int, int]]) -> None:
+        """Take the store's view, read just now (at start-up)."""
+        now = self.clock.seconds()
+        self._view = {}
+        self._take(rows)
+        self.loaded_at = self._full_at = now
+
+    async def refresh(self) -> None:
+        """Poll the store: the token-hours written since the last good poll, or all."""
+        started = self.clock.seconds()
+        full = (self.loaded_at is None or self._full_at is None
+                or started - self._full_at >= RESYNC_SECONDS)
+        since = 0 if full or self.loaded_at is None else int(self.loaded_at) - OVERLAP_SECONDS
+        assert self.outage is not None
+        try:
+            rows = await self.store.spend_since(since, hour_of(started - KEPT_SECONDS))
+        except Exception as e:  # keep the last good view and keep polling
+            self.outage.failed(e)
+            return
+        self.outage.answered()
+        if full:
+            self._view = {}
+            self._full_at = started
+        self._take(rows)
+        self._forget(started)
+        self.loaded_at = max(self.loaded_at or started, started)
+
+    def _take(self, rows: Iterable[tuple[str, int, int]]) -> None:
+        for token_id, hour, pusd in rows:
+            self._view.setdefault(token_id, {})[int(hour)] = int(pusd)
+
+    def _forget(self, started: float) -> None:
+        """Drop local spend the view now holds, and hours older than every window."""
+        *sealed, open_ = self._local
+        self._local = [
+            local for local in sealed
+            if local.written_at is None or local.written_at >= started
+        ] + [open_]
+        oldest = hour_of(started - KEPT_SECONDS)
+        for token_id in list(self._view):
+            hours = self._view[token_id]
+            for hour in [h for h in hours if h < oldest]:
+                del hours[hour]
+            if not hours:
+                del self._view[token_id]
+
+    def tracked(self) -> Mapping[str, Hours]:
+        """The store's view (for tests and the admin)."""
+        return self._view
