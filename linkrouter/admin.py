@@ -141,6 +141,9 @@ class TokenAdmin:
     store: TokenStore
     revocations: RevocationCache
     clock: IReactorTime
+    #: Told of every change of a token's own limits made here (this router's policy
+    #: applies it at once; other routers poll the store for it).
+    limits_changed: Callable[[str, Limits | None], None] | None = None
 
     async def issue(self, ask: IssueRequest) -> dict[str, Any]:
         token, claims = self.authority.mint(ask.label, ask.ttl_hours * 3600)
@@ -152,6 +155,8 @@ class TokenAdmin:
             limits=ask.limits,
         )
         await self.store.insert(record)
+        if self.limits_changed is not None and ask.limits is not None:
+            self.limits_changed(claims.id, ask.limits)
         return {
             "token": token,
             "id": claims.id,
@@ -206,6 +211,8 @@ class TokenAdmin:
             token_id, ask.label, ask.limits, ask.set_limits, int(self.clock.seconds()))
         if record is None:
             raise _not_found(token_id)
+        if ask.set_limits and self.limits_changed is not None:
+            self.limits_changed(token_id, record.limits)
         return record.to_json()
 
     async def revoke(self, token_id: str) -> dict[str, Any]:

@@ -198,13 +198,14 @@ class Bedrock:
             body = json_body(io.BytesIO(inner), "invokeModel")
             data, betas = messages_body(body, model, None, count=True)
             return Outgoing(COUNT_TOKENS_PATH, io.BytesIO(data), betas,
-                            BedrockShaper(streaming=False, count=True))
+                            BedrockShaper(streaming=False, count=True), model)
         streaming = operation == "invoke-with-response-stream"
         if operation not in ("invoke", "invoke-with-response-stream"):
             raise APIError(404, f"Unknown Bedrock operation {operation!r}.", "not_found_error")
         body = json_body(request.content, "InvokeModel")
         data, betas = messages_body(body, model, True if streaming else None)
-        return Outgoing(MESSAGES_PATH, io.BytesIO(data), betas, BedrockShaper(streaming=streaming))
+        return Outgoing(MESSAGES_PATH, io.BytesIO(data), betas,
+                        BedrockShaper(streaming=streaming), model)
 
 
 #: Bedrock's clients hear every router-made error in the AWS shape.

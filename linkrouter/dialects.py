@@ -113,6 +113,9 @@ class Outgoing:
     body: BinaryIO | None
     betas: list[bytes] = field(factory=list)
     shaper: Shaper | None = None
+    #: The upstream model id, when the route has read it (Bedrock and Vertex do; the
+    #: Messages route forwards the body unread: L{linkrouter.admission} reads it there).
+    model: str | None = None
 
 
 #: Turns a client request into the upstream call (raises APIError on bad input).
@@ -186,13 +189,13 @@ class Vertex:
             model = body.get("model")
             if not isinstance(model, str) or not model:
                 raise bad_request("count-tokens needs the model in the body.")
-            data, betas = messages_body(body, vertex_model(model, self.aliases), None,
-                                        count=True)
-            return Outgoing(COUNT_TOKENS_PATH, io.BytesIO(data), betas, None)
+            upstream_model = vertex_model(model, self.aliases)
+            data, betas = messages_body(body, upstream_model, None, count=True)
+            return Outgoing(COUNT_TOKENS_PATH, io.BytesIO(data), betas, None, upstream_model)
         streaming = operation == "streamRawPredict"
-        data, betas = messages_body(body, vertex_model(model_id, self.aliases),
-                                    True if streaming else None)
-        return Outgoing(MESSAGES_PATH, io.BytesIO(data), betas, None)
+        upstream_model = vertex_model(model_id, self.aliases)
+        data, betas = messages_body(body, upstream_model, True if streaming else None)
+        return Outgoing(MESSAGES_PATH, io.BytesIO(data), betas, None, upstream_model)
 
 
 def identity_body(request: IRequest) -> None:

@@ -260,8 +260,9 @@ def _default_limits(option: str, value: str) -> Limits | None:
 
 
 DEFAULT_LIMITS = Option(
-    "default-limits", "Limits (JSON, DESIGN §9) for tokens without their own; stored and "
-    "shown, not yet enforced.", ("LINKROUTER_DEFAULT_LIMITS",), _default_limits, None, "none")
+    "default-limits", "Limits (JSON, DESIGN §9) for tokens without limits of their own, "
+    "e.g. '{\"rpm\": 60, \"budget_usd\": {\"1d\": 25}}'.", ("LINKROUTER_DEFAULT_LIMITS",),
+    _default_limits, None, "none")
 
 
 

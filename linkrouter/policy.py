@@ -79,6 +79,8 @@ class Admission:
     token_id: str
     _state: _TokenState | None
     released: bool = False
+    #: When it was admitted, if it counts towards C{rpm}.
+    _counted_at: float | None = None
 
     def release(self) -> None:
         if self.released:
@@ -86,6 +88,16 @@ class Admission:
         self.released = True
         if self._state is not None:
             self._state.in_flight -= 1
+
+    def withdraw(self) -> None:
+        """Undo the admission (refused after all, elsewhere): it counts for nothing."""
+        self.release()
+        if self._state is not None and self._counted_at is not None:
+            try:
+                self._state.admits.remove(self._counted_at)
+            except ValueError:  # already out of the window
+                pass
+            self._counted_at = None
 
 
 def _retry(seconds: float) -> int:
@@ -101,6 +113,13 @@ def _usd(value: Decimal) -> str:
 
 def _rate_limited(limit: str, message: str, retry_after: int) -> Refusal:
     return Refusal(429, "rate_limit_error", message, retry_after, limit)
+
+
+def rpm_message(rpm: int, count: int, retry: int, where: str = "") -> str:
+    """What a client refused by its C{rpm} limit is told."""
+    return (f"This router token's rpm limit of {rpm} requests a minute is reached: "
+            f"{count} were admitted {where}in the last 60 s. The next frees up in "
+            f"{retry} s.")
 
 
 class Policy:
@@ -152,6 +171,7 @@ class Policy:
         state.last_admit = now
         if limits.rpm is not None:
             state.admits.append(now)
+            return Admission(token_id, state, counted_at=now)
         return Admission(token_id, state)
 
     def _wrong_model(self, model: str | None, limits: Limits) -> Refusal:
@@ -186,13 +206,7 @@ class Policy:
         if len(admits) < limits.rpm:
             return None
         retry = _retry(admits[0] + RPM_WINDOW - now)
-        return _rate_limited(
-            "rpm",
-            f"This router token's rpm limit of {limits.rpm} requests a minute is reached: "
-            f"{len(admits)} were admitted in the last 60 s. The next frees up in "
-            f"{retry} s.",
-            retry,
-        )
+        return _rate_limited("rpm", rpm_message(limits.rpm, len(admits), retry), retry)
 
     def _budget(self, limits: Limits, spend: Mapping[str, Decimal]) -> Refusal | None:
         over = [

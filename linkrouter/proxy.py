@@ -25,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from linkrouter.access import AccessNote, log_access, note
 from linkrouter.accounts import Account, AccountPool
+from linkrouter.admission import Admitter, Refused
 from linkrouter.credentials import Credential
 from linkrouter.dialects import AnthropicShaper, Outgoing, Route, Shaper, messages_route
 from linkrouter.errors import MESSAGES, APIError, Dialect, without_paths, write_error
@@ -48,6 +49,7 @@ class _Exchange:
     relay: Relay | None = None
     asked: bool = False
     shaper: Shaper = Shaper()
+    model: str | None = None
 
 
 @define
@@ -69,6 +71,8 @@ class Proxy:
     dialect: Dialect = MESSAGES
     metrics: Metrics | None = None
     streams: Streams = field(factory=Streams)
+    #: The policy stage (per-token limits); C{None}: no token is limited.
+    admitter: Admitter | None = None
     _log = Logger()
 
     def serve(self, request: IRequest, claims: TokenClaims) -> int:
@@ -109,7 +113,8 @@ class Proxy:
     def _abandoned(self, result: object, exchange: _Exchange) -> object:
         """A client that left before the answer began still counts the request it sent."""
         if exchange.gone and exchange.asked and exchange.relay is None:
-            self.usage.record(exchange.claims)
+            self.usage.record(exchange.claims, None, exchange.model or "",
+                              exchange.note.account_id or "")
         return result
 
     async def _exchange(self, exchange: _Exchange) -> None:
@@ -118,6 +123,9 @@ class Proxy:
         outgoing = self.route(request)
         exchange.note.route = route_label(outgoing.path)
         exchange.shaper = outgoing.shaper or AnthropicShaper()
+        exchange.model = outgoing.model
+        if self.admitter is not None:
+            await self._admit(exchange, self.admitter, outgoing)
         session = (request.requestHeaders.getRawHeaders(b"x-claude-code-session-id")
                    or [b""])[0].decode("latin-1") or None
         failover = Failover(self.pool, lambda: exchange.gone)
@@ -128,6 +136,19 @@ class Proxy:
             self._exhausted(exchange, outcome)
             return
         await self._relay(exchange, outcome.response)
+
+    async def _admit(self, exchange: _Exchange, admitter: Admitter,
+                     outgoing: Outgoing) -> None:
+        """The policy stage: admitted until the answer ends, or refused (raises)."""
+        request = exchange.request
+        try:
+            admission = await admitter.admit(request, exchange.claims.id, outgoing)
+        except Refused as refused:
+            if refused.retry_after is not None:
+                request.responseHeaders.setRawHeaders(
+                    b"retry-after", [str(refused.retry_after).encode()])
+            raise
+        request.notifyFinish().addBoth(lambda _: admission.release())
 
     def _sender(self, exchange: _Exchange, outgoing: Outgoing) -> Any:
         """The failover's C{send}: the routed request, with one account's credential."""
@@ -161,7 +182,8 @@ class Proxy:
             exchange.shaper.start(response.code, response.headers, request.responseHeaders)
             if retry_after is not None:
                 request.responseHeaders.setRawHeaders(b"retry-after", [retry_after.encode()])
-            self.usage.record(exchange.claims)
+            self.usage.record(exchange.claims, None, exchange.model or "",
+                              exchange.note.account_id or "")
             request.write(exchange.shaper.feed(limited.body) + exchange.shaper.close())
             request.finish()
             return
@@ -181,7 +203,7 @@ class Proxy:
         exchange.relay = Relay(
             exchange.request, exchange.claims, exchange.note, exchange.shaper, self.usage,
             self.upstream.reactor, self.streams, self.upstream.idle_timeout, self.metrics,
-            self.dialect.name,
+            self.dialect.name, exchange.model,
         )
         await exchange.relay.run(response)
 

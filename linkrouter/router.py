@@ -23,25 +23,31 @@ from twisted.web.resource import IResource
 from linkrouter.accounts import AccountPool, build_accounts
 from linkrouter.admin import MetricsResource, TokenAdmin, admin_resources
 from linkrouter.adminguard import AdminGuard
+from linkrouter.admission import Admitter
 from linkrouter.bedrock import BEDROCK, bedrock_route
+from linkrouter.books import Books, preload
 from linkrouter.config import Config
 from linkrouter.credentials import claude_homes
 from linkrouter.database import Database, StoreError, redact_url
 from linkrouter.dialects import Aliases, Route, messages_route, vertex_route
 from linkrouter.errors import MESSAGES, VERTEX, Dialect
+from linkrouter.fleetrpm import FleetRpm
 from linkrouter.gate import TokenGate
 from linkrouter.health import Health
 from linkrouter.journal import NAME as JOURNAL_NAME
 from linkrouter.journal import Journal
+from linkrouter.limitsbook import LimitsBook
 from linkrouter.metrics import Metrics
 from linkrouter.oauth import TokenEndpoint
 from linkrouter.outage import Outage
 from linkrouter.parsing import ConfigError
+from linkrouter.policy import Policy
 from linkrouter.profiles import InferenceProfiles, ModelCatalogue
 from linkrouter.proxy import Proxy
 from linkrouter.relay import Streams
 from linkrouter.resource import admin_tree, build_tree
 from linkrouter.revocations import RevocationCache
+from linkrouter.spendbook import SpendBook
 from linkrouter.state import Secrets, load_secrets
 from linkrouter.store import TokenStore, prepare
 from linkrouter.storerunner import StoreRunner
@@ -68,6 +74,11 @@ class Router:
     admin: TokenAdmin
     metrics: Metrics
     streams: Streams
+    admitter: Admitter
+
+    def _problem(self) -> str | None:
+        """Why tokens are refused now (revocations or limits unknown), or C{None}."""
+        return self.revocations.problem() or self.admitter.limits.problem()
 
     def resources(self) -> tuple[IResource, IResource | None]:
         """The client tree, and the admin tree when the admin API has its own listeners."""
@@ -77,7 +88,7 @@ class Router:
 
         def gate(route: Route, dialect: Dialect) -> IResource:
             proxy = Proxy(self.pool, self.upstream, self.usage, route, dialect, self.metrics,
-                          self.streams)
+                          self.streams, self.admitter)
             return TokenGate(self.gatekeeper, proxy, dialect, self.metrics)
 
         hint = (
@@ -101,7 +112,7 @@ class Router:
             vertex=gate(vertex_route(aliases), VERTEX),
             metrics=None if separate else guarded_metrics,
         )
-        health = Health(self.revocations.problem)
+        health = Health(self._problem)
         tree.putChild(b"health", health)
         admin_only = admin_tree(admin, guarded_metrics) if separate else None
         if admin_only is not None:
@@ -118,7 +129,7 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
     _log.info("Token secret from {source}; admin key from {admin}",
               source=secrets.token_secret_source, admin=secrets.admin_key_source)
 
-    store, runner, revocations, usage = _token_store(config, reactor)
+    store, runner, revocations, usage, books = _token_store(config, reactor)
     authority = TokenAuthority(secrets.token_secret.encode("utf-8"), reactor)
     gatekeeper = Gatekeeper(authority, revocations.is_revoked)
     client, http_pool = http_client(reactor)
@@ -141,27 +152,32 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
         client, config.upstream, reactor, Cooperator(scheduler=_scheduler(reactor)),
         config.upstream_timeout, config.upstream_idle_timeout,
     )
-    admin = TokenAdmin(authority, store, revocations, reactor)
+    admin = TokenAdmin(authority, store, revocations, reactor, books.limits.changed)
     metrics = Metrics(accounts.to_json, revocations.age)
+    usage.metrics = metrics
+    fleet = FleetRpm(runner) if Database(config.database).kind == "postgresql" else None
+    admitter = Admitter(Policy(reactor), books.limits, books.spend, metrics, fleet)
     for account in accounts.accounts:
         account.on_refresh = lambda outcome: metrics.refreshes.labels(outcome).inc()
     streams = Streams()
     revocations.subscribe(streams.revoked)
     router = Router(config, secrets, store, revocations, usage, gatekeeper, accounts,
-                    upstream, admin, metrics, streams)
+                    upstream, admin, metrics, streams, admitter)
     return router, runner, http_pool
 
 
 def _token_store(config: Config, reactor: Any) -> tuple[TokenStore, StoreRunner,
-                                                         RevocationCache, UsageRecorder]:
+                                                         RevocationCache, UsageRecorder, Books]:
     """
     Open and migrate the store, or (PostgreSQL not answering) start without it: tokens
     are refused until it answers. Usage left in the journal by the last run is taken up.
     """
     database = Database(config.database)
     revocations_known: frozenset[str] | None = None
+    books = Books(LimitsBook(None, reactor, config.default_limits), SpendBook(None, reactor))
     try:
         before, revocations_known = prepare(database, config.store_timeout)
+        preload(database, config.store_timeout, books)
     except StoreError as e:
         if not e.transient:
             raise ConfigError("--database", str(e)) from None
@@ -173,6 +189,7 @@ def _token_store(config: Config, reactor: Any) -> tuple[TokenStore, StoreRunner,
     runner = StoreRunner(database, reactor, config.store_timeout,
                          size=1 if database.kind == "sqlite" else 4)
     store = TokenStore(database.queries(), runner)
+    books.limits.store = books.spend.store = store
     revocations = RevocationCache(store, clock=reactor,
                                   max_staleness=config.revocation_max_staleness)
     if revocations_known is not None:
@@ -181,7 +198,8 @@ def _token_store(config: Config, reactor: Any) -> tuple[TokenStore, StoreRunner,
     usage = UsageRecorder(
         store, reactor, journal, deferToThread,
         Outage(reactor, "usage", f"usage is kept in memory and in {journal.path} until it "
-                                 "answers"))
+                                 "answers"),
+        prices=config.prices, spend=books.spend)
     try:
         usage.replay(journal.read())
     except OSError as e:
@@ -189,7 +207,7 @@ def _token_store(config: Config, reactor: Any) -> tuple[TokenStore, StoreRunner,
     if usage.unconfirmed:
         _log.info("Writing {n} usage batch(es) left in {path} by the last run",
                   n=len(usage.unconfirmed), path=str(journal.path))
-    return store, runner, revocations, usage
+    return store, runner, revocations, usage, books
 
 
 def _scheduler(reactor: Any) -> Any:

@@ -1,11 +1,12 @@
 # -*- test-case-name: tests.integration.test_outage -*-
 """
-The token store as a service: its runner, the revocation poller and the usage flush,
-started and stopped with the router.
+The token store as a service: its runner, the pollers (revocations, limits, spend) and
+the usage flush, started and stopped with the router.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -29,9 +30,11 @@ STOP_WRITE_SECONDS = 2.0
 
 class StoreService(Service):
     """
-    Owns the store's runner and the two pollers that use it: the revocation refresh and
-    the usage flush, each every L{POLL_SECONDS}. When the store was down at start, the
-    revocation poller first migrates it, and usage is not written until that is done.
+    Owns the store's runner and the two pollers that use it: the refresh of revocations
+    and of C{books} (each token's limits, each token's spend: anything with a
+    C{refresh()}), and the usage flush, each every L{POLL_SECONDS}. When the store was
+    down at start, the revocation poller first migrates it, and usage is not written
+    until that is done.
 
     Stop is bounded however the store behaves: calls in flight are given up, the last
     usage write gets L{STOP_WRITE_SECONDS}, and what it could not write goes to the
@@ -39,11 +42,12 @@ class StoreService(Service):
     """
 
     def __init__(self, runner: StoreRunner, store: TokenStore, revocations: RevocationCache,
-                 usage: UsageRecorder, clock: Any) -> None:
+                 usage: UsageRecorder, clock: Any, books: Sequence[Any] = ()) -> None:
         self._runner = runner
         self._store = store
         self._revocations = revocations
         self._usage = usage
+        self._books = tuple(books)
         self._migrated = revocations.loaded_at is not None
         self._loops = [
             LoopingCall(lambda: Deferred.fromCoroutine(self._poll_revocations())),
@@ -68,10 +72,13 @@ class StoreService(Service):
             self._migrated = True
             _log.info("The token store answers (schema version {before} -> current); "
                       "loading revocations", before=before)
-        try:
-            await self._revocations.refresh()
-        except Exception:  # the loop must keep running
-            _log.failure("Refreshing revocations failed")
+        for poller in (self._revocations, *self._books):
+            if not self.running:  # stopping: no new store call
+                return
+            try:
+                await poller.refresh()
+            except Exception:  # the loop must keep running
+                _log.failure("Refreshing {what} failed", what=type(poller).__name__)
 
     async def _flush(self) -> None:
         if not self._migrated:
