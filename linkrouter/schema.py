@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from linkrouter.database import StoreError, _Cursor
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _COUNTER = "BIGINT NOT NULL DEFAULT 0"
 
@@ -85,6 +85,18 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
             "CREATE INDEX usage_hourly_updated ON usage_hourly (updated_at)",
             "CREATE INDEX usage_hourly_hour ON usage_hourly (hour)",
+        ],
+    ),
+    (
+        6,
+        [
+            # The requests of rpm-limited tokens admitted in the trailing minute, by the
+            # database server's clock: rpm across a fleet on PostgreSQL (fleetrpm.py).
+            """CREATE TABLE rpm_admits (
+                token_id TEXT NOT NULL,
+                at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX rpm_admits_token ON rpm_admits (token_id, at)",
         ],
     ),
 ]

@@ -378,8 +378,7 @@ class LedgerMixin(_Backend):
                    f"input_tokens, limits) VALUES ('{old}', 'old', {NOW}, {NOW + DAY}, 7, 70, "
                    "'{\"rpm\": 3}')")
         self.assertEqual(prepare(self.database), (4, frozenset()))
-        self.assertEqual(SCHEMA_VERSION, 5)
-        self.assertEqual(self.versions(self.database), [1, 2, 3, 4, 5])
+        self.assertEqual(self.versions(self.database), list(range(1, SCHEMA_VERSION + 1)))
         store = self.store()
         kept = self.successResultOf(store.get(old))
         self.assertEqual((kept.label, kept.request_count, kept.limits), ("old", 7, Limits(rpm=3)))

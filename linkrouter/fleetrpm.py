@@ -1,0 +1,70 @@
+# -*- test-case-name: tests.integration.test_fleet_limits -*-
+"""
+A token's C{rpm} across every router sharing one PostgreSQL store (DESIGN §9).
+
+Each router counts the requests it admits in memory (L{linkrouter.policy}); on its own
+that lets a fleet of N routers admit N times a token's rpm. With PostgreSQL, a request of
+a token with an rpm limit that the router's own count admits is also admitted by the
+store: one short transaction that takes the token's advisory lock, counts the token's
+admits of the trailing 60 s (by the database server's clock, so the routers' clocks do
+not matter) and records this one if there is room. The fleet admits at most the limit.
+
+It costs one round trip to the store per request of an rpm-limited token, and nothing for
+any other token. SQLite is one router's store: there the in-memory count is exact already
+and no query is made.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from attrs import frozen
+
+from linkrouter.database import _Cursor
+
+#: The trailing window of C{rpm}, in seconds.
+WINDOW = 60
+
+_NOW = "EXTRACT(EPOCH FROM clock_timestamp())"
+
+
+@frozen
+class Verdict:
+    """The store's answer: admitted, the admits in the window, seconds until one leaves."""
+
+    admitted: bool
+    count: int
+    retry_after: int
+
+
+def admit_rpm(cursor: _Cursor, token_id: str, rpm: int) -> Verdict:
+    """
+    Admit one request of C{token_id} if fewer than C{rpm} were admitted fleet-wide in the
+    trailing minute (PostgreSQL; one transaction).
+    """
+    cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("rpm:" + token_id,))
+    cursor.execute(f"SELECT {_NOW}")
+    now = float(cursor.fetchone()[0])
+    cursor.execute("DELETE FROM rpm_admits WHERE token_id = %s AND at <= %s",
+                   (token_id, now - WINDOW))
+    cursor.execute("SELECT COUNT(*), MIN(at) FROM rpm_admits WHERE token_id = %s",
+                   (token_id,))
+    count, oldest = cursor.fetchone()
+    count = int(count)
+    if count < rpm:
+        cursor.execute("INSERT INTO rpm_admits (token_id, at) VALUES (%s, %s)", (token_id, now))
+        return Verdict(True, count + 1, 0)
+    retry = max(1, math.ceil(float(oldest) + WINDOW - now)) if oldest is not None else 1
+    return Verdict(False, count, retry)
+
+
+@frozen
+class FleetRpm:
+    """Runs L{admit_rpm} through the store's runner (a thread, with a time limit)."""
+
+    run: Any
+
+    async def admit(self, token_id: str, rpm: int) -> Verdict:
+        verdict: Verdict = await self.run(admit_rpm, token_id, rpm)
+        return verdict
