@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from linkrouter.database import StoreError, _Cursor
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _COUNTER = "BIGINT NOT NULL DEFAULT 0"
 
@@ -97,6 +97,38 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
                 at DOUBLE PRECISION NOT NULL
             )""",
             "CREATE INDEX rpm_admits_token ON rpm_admits (token_id, at)",
+        ],
+    ),
+    (
+        7,
+        [
+            # Managed upstream accounts (DESIGN §10): logged in through the router, shared
+            # by every instance; the credential is sealed with the account key, never
+            # stored in the clear. C{version} grows with each new token pair; the lease
+            # lets exactly one instance refresh a pair.
+            """CREATE TABLE accounts (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                kind TEXT NOT NULL,
+                sealed TEXT NOT NULL,
+                expires_at BIGINT,
+                version BIGINT NOT NULL DEFAULT 1,
+                lease_owner TEXT,
+                lease_until DOUBLE PRECISION,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                removed_at BIGINT
+            )""",
+            "CREATE INDEX accounts_updated ON accounts (updated_at)",
+            # An operator's say over any account, managed or not (by its stable id):
+            # disabled, and the last reset asked for; polled by every instance.
+            """CREATE TABLE account_controls (
+                account_id TEXT PRIMARY KEY,
+                disabled INTEGER NOT NULL DEFAULT 0,
+                reset_at BIGINT,
+                updated_at BIGINT NOT NULL
+            )""",
+            "CREATE INDEX account_controls_updated ON account_controls (updated_at)",
         ],
     ),
 ]
