@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from linkrouter.database import StoreError, _Cursor
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _COUNTER = "BIGINT NOT NULL DEFAULT 0"
 
@@ -129,6 +129,25 @@ _MIGRATIONS: list[tuple[int, list[str]]] = [
                 updated_at BIGINT NOT NULL
             )""",
             "CREATE INDEX account_controls_updated ON account_controls (updated_at)",
+        ],
+    ),
+    (
+        8,
+        [
+            # The audit trail (issue 13): every admin change and console sign-in, who made
+            # it (admin key or console session), from where, what and to what; never a
+            # token string.
+            """CREATE TABLE audit (
+                id TEXT PRIMARY KEY,
+                at DOUBLE PRECISION NOT NULL,
+                actor TEXT NOT NULL,
+                address TEXT NOT NULL,
+                action TEXT NOT NULL,
+                target TEXT NOT NULL DEFAULT '',
+                detail TEXT NOT NULL DEFAULT '{}',
+                outcome TEXT NOT NULL DEFAULT 'ok'
+            )""",
+            "CREATE INDEX audit_at ON audit (at)",
         ],
     ),
 ]
