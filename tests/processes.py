@@ -110,6 +110,28 @@ _CAP_DAC_OVERRIDE = 1
 _CAP_DAC_READ_SEARCH = 2
 
 
+async def start_fleet(case: TestCase, count: int, upstream_url: str, *args: str
+                      ) -> tuple[list[RouterProcess], Path]:
+    """
+    C{count} routers in front of C{upstream_url}, sharing one Claude Code login (a home
+    under the case's temp dir, returned) and C{args} (a shared C{--database}, say), each
+    started and ready.
+    """
+    from .harness import write_claude_home
+
+    base = Path(case.mktemp()).resolve()
+    home = base / "claude"
+    write_claude_home(home)
+    routers = [
+        RouterProcess(case, base / f"router{i}", "--upstream", upstream_url,
+                      "--claude-code-home", str(home), *args)
+        for i in range(count)
+    ]
+    for router in routers:
+        await router.ready()
+    return routers, home
+
+
 def _drop_dac() -> None:
     """In the child before exec: lose the capabilities that let root ignore modes."""
     import ctypes

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from ..harness import http_client, start_upstream, write_claude_home
+from ..harness import http_client, start_upstream
 from ..pg import fresh_database
-from ..processes import RouterProcess, sleep
+from ..processes import RouterProcess, sleep, start_fleet
 
 MODEL = "claude-opus-5-5"
 
@@ -36,18 +35,9 @@ class FleetLimitTests(TestCase):
     timeout = 90
 
     async def _fleet(self) -> list[RouterProcess]:
-        database = fresh_database(self)
         _, upstream_url = await start_upstream(self)
-        base = Path(self.mktemp()).resolve()
-        home = base / "claude"
-        write_claude_home(home)
-        routers = [
-            RouterProcess(self, base / f"router{i}", "--upstream", upstream_url,
-                          "--claude-code-home", str(home), "--database", database)
-            for i in range(2)
-        ]
-        for router in routers:
-            await router.ready()
+        routers, _ = await start_fleet(self, 2, upstream_url, "--database",
+                                       fresh_database(self))
         return routers
 
     async def test_rpm_and_budget_together(self) -> None:

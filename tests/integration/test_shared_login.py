@@ -10,7 +10,6 @@ from __future__ import annotations
 import calendar
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -18,8 +17,8 @@ from twisted.trial.unittest import TestCase
 
 from linkrouter.testing import FakeTokenEndpoint
 
-from ..harness import REFRESH_TOKEN, http_client, start_upstream, write_claude_home
-from ..processes import RouterProcess, sleep
+from ..harness import REFRESH_TOKEN, http_client, start_upstream
+from ..processes import RouterProcess, sleep, start_fleet
 from .test_refresh import bearer, token_endpoint
 
 #: Seconds of traffic: the login enters the refresh margin one second in.
@@ -43,16 +42,7 @@ class SharedLoginTests(TestCase):
         hold: Deferred[None] = Deferred()
         tokens = FakeTokenEndpoint(hold=hold)
         token_url = await token_endpoint(self, tokens)
-        base = Path(self.mktemp()).resolve()
-        home = base / "claude"
-        write_claude_home(home)
-        routers = [
-            RouterProcess(self, base / f"router{i}", "--upstream", upstream_url,
-                          "--claude-code-home", str(home), "--oauth-token-url", token_url)
-            for i in range(3)
-        ]
-        for router in routers:
-            await router.ready()
+        routers, home = await start_fleet(self, 3, upstream_url, "--oauth-token-url", token_url)
         client_tokens = [(await r.admin("POST", "/api/tokens", {"label": "shared"}))["token"]
                          for r in routers]
 
