@@ -1,26 +1,31 @@
 # -*- test-case-name: tests.unit.test_accounts -*-
 """
-Upstream accounts and the pool that chooses between them.
+The pool of upstream accounts (L{linkrouter.account}) and how it chooses between them.
 
 Each C{--claude-code-home} is one account (a Claude Code login that the router refreshes
-before it expires); C{--oauth-token} and C{--upstream-api-key} are accounts too. The pool
-keeps a Claude Code session on the account it started on while that account is healthy
-(the upstream prompt cache stays warm), and otherwise picks the healthy account with the
-most headroom, as the upstream's rate-limit headers report it, in round-robin order.
+before it expires); C{--oauth-token} and C{--upstream-api-key} are accounts too, and
+managed accounts join and leave at run time (L{AccountPool.add}, L{AccountPool.remove}).
+The pool keeps a Claude Code session on the account it started on while that account is
+healthy (the upstream prompt cache stays warm), and otherwise picks the healthy account
+with the most headroom, as the upstream's rate-limit headers report it, in round-robin
+order.
 
-An account is unhealthy while it cools down after a 429 (until the reset the upstream
-announced, capped by C{--max-cooldown}) or when it needs a login (none on disk, a file
-the router may not read, or a refused refresh token). A 529 (overloaded) is the
-upstream's problem, not the account's: no cooldown. An account that needs a login heals
-by itself: the pool offers it last (asking it re-reads its file), L{AccountWatch} looks
-at it every few seconds, and SIGHUP re-reads every account (L{AccountPool.reread}). The
-refresh itself is L{linkrouter.refresh}.
+An account is left out while it is disabled, cools down after a 429 (until the reset the
+upstream announced, capped by C{--max-cooldown}), is paused (C{--pause-at-percent}: its
+5h or 7d window is reported at or above it, until that window resets) or needs a login
+(none on disk, a file the router may not read, or a refused refresh token). A 529
+(overloaded) is the upstream's problem, not the account's: no cooldown. An account that
+needs a login heals by itself: the pool offers it last (asking it re-reads its file),
+L{AccountWatch} looks at it every few seconds, and SIGHUP re-reads every account
+(L{AccountPool.reread}). The refresh itself is L{linkrouter.refresh}.
+
+With C{--subscription-clients claude-code}, a request that does not come from Claude Code
+is offered only the accounts that are not subscriptions (API keys).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
@@ -31,22 +36,22 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
+from linkrouter.account import Account
+from linkrouter.accountstate import from_claude_code, pause_for
 from linkrouter.credentials import FLAT_FILES, ClaudeHome, Credential, RunInThread
 from linkrouter.oauth import TokenEndpoint
-from linkrouter.ratelimit import ratelimit_reset, utilization
+from linkrouter.ratelimit import Window, ratelimit_reset, windows
 from linkrouter.refresh import (
     MAX_REFRESH_BACKOFF,
     REFRESH_MARGIN,
     AccountUnavailable,
-    LoginLifecycle,
     LoginNeeded,
 )
-from linkrouter.refresh import digest as _digest
 from linkrouter.timefmt import isoformat
 
 __all__ = ["MAX_REFRESH_BACKOFF", "REFRESH_MARGIN", "Account", "AccountPool",
-           "AccountUnavailable", "LoginNeeded", "build_accounts", "ratelimit_reset",
-           "utilization"]
+           "AccountUnavailable", "LoginNeeded", "Window", "build_accounts", "ratelimit_reset",
+           "windows"]
 
 DEFAULT_MAX_COOLDOWN = 5 * 3600.0
 #: Cooldown after a 429 that says nothing about when to come back.
@@ -55,208 +60,68 @@ MAX_SESSIONS = 10_000
 
 
 @define
-class Account:
-    """
-    One upstream account: its credential source and its health.
-
-    @ivar id: stable and safe to show (a hash of the source, never of a token's bytes
-        alone for file accounts, and never the token).
-    @ivar home: the Claude Code home of a login account; C{None} for static credentials.
-    @ivar static: the fixed credential of an C{--oauth-token} or C{--upstream-api-key}
-        account.
-    @ivar needs_login: why only a new login helps (for the operator: may name a path);
-        C{needs_login_public} says the same without the path, for clients.
-    """
-
-    id: str
-    kind: str
-    source: str
-    clock: IReactorTime
-    home: ClaudeHome | None = None
-    static: Credential | None = field(default=None, repr=False)
-    login: LoginLifecycle | None = field(default=None, repr=False)
-    needs_login: str | None = None
-    needs_login_public: str | None = None
-    cooling_until: float | None = None
-    requests_served: int = 0
-    utilization: dict[str, float] = field(factory=dict)
-    expires_at: float | None = None
-    _log = Logger()
-
-    @classmethod
-    def for_home(cls, home: ClaudeHome, clock: IReactorTime, endpoint: TokenEndpoint | None,
-                 run_in_thread: RunInThread[Any], margin: float = REFRESH_MARGIN) -> Account:
-        account_id = "claude-code-" + _digest(str(home.directory.resolve()))
-        login = LoginLifecycle(account_id, home, clock, endpoint, run_in_thread, margin)
-        return cls(id=account_id, kind="claude-code", source=str(home.directory),
-                   clock=clock, home=home, login=login)
-
-    @classmethod
-    def for_static(cls, credential: Credential, clock: IReactorTime) -> Account:
-        kind = "oauth-token" if credential.is_oauth else "api-key"
-        return cls(id=f"{kind}-" + _digest(kind + ":" + credential.secret), kind=kind,
-                   source=credential.source, clock=clock, static=credential)
-
-    @property
-    def last_refresh(self) -> float | None:
-        return self.login.last_refresh if self.login is not None else None
-
-    @property
-    def on_refresh(self) -> Callable[[str], None] | None:
-        return self.login.on_refresh if self.login is not None else None
-
-    @on_refresh.setter
-    def on_refresh(self, callback: Callable[[str], None] | None) -> None:
-        if self.login is not None:
-            self.login.on_refresh = callback
-
-    # -- health -------------------------------------------------------------------------
-
-    def cooling(self, now: float) -> bool:
-        return self.cooling_until is not None and now < self.cooling_until
-
-    def healthy(self, now: float) -> bool:
-        return self.needs_login is None and not self.cooling(now)
-
-    def state(self, now: float) -> str:
-        """C{ok}, C{cooling} or C{needs_login}."""
-        if self.needs_login is not None:
-            return "needs_login"
-        return "cooling" if self.cooling(now) else "ok"
-
-    def status(self, now: float) -> str:
-        """The state in words, for the operator."""
-        if self.needs_login is not None:
-            return f"needs login: {self.needs_login}"
-        if self.cooling(now):
-            return f"cooling down until {isoformat(self.cooling_until)}"
-        return "ok"
-
-    def public_status(self, now: float) -> str:
-        """The state in words, for a proxied client (no path)."""
-        if self.needs_login is not None:
-            return f"needs login: {self.needs_login_public or 'log in again'}"
-        return self.status(now)
-
-    def to_json(self, now: float) -> dict[str, Any]:
-        state = self.state(now)
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "source": self.source,
-            "status": state,
-            "reason": self.needs_login if state == "needs_login" else (
-                None if state == "ok" else self.status(now)),
-            "healthy": self.healthy(now),
-            "cooling_until": isoformat(self.cooling_until) if self.cooling(now) else None,
-            "needs_login": self.needs_login,
-            "expires_at": isoformat(self.expires_at),
-            "last_refresh": isoformat(self.last_refresh),
-            "requests_served": self.requests_served,
-            "utilization": dict(self.utilization),
-        }
-
-    # -- credentials ----------------------------------------------------------------------
-
-    async def credential(self) -> Credential:
-        """
-        The credential to use now, refreshed first when it expires within the margin.
-
-        @raise AccountUnavailable: no login, a login that needs renewing by hand, or an
-            expired token whose refresh keeps failing.
-        """
-        if self.static is not None:
-            return self.static
-        assert self.login is not None
-        try:
-            found = await self.login.credential()
-        except LoginNeeded as e:
-            self._needs(e)
-            raise
-        self._usable(found)
-        return found
-
-    async def refresh_after_rejection(self, rejected: Credential) -> Credential | None:
-        """
-        The upstream refused C{rejected} (401): refresh now. Returns the new credential,
-        or C{None} when there is nothing different to retry with.
-        """
-        if self.login is None or rejected.refresh_token is None:
-            return None
-        try:
-            fresh = await self.login.refresh_once(rejected)
-        except LoginNeeded as e:
-            self._needs(e)
-            return None
-        except AccountUnavailable:
-            return None
-        self._usable(fresh)
-        return fresh if fresh.secret != rejected.secret else None
-
-    async def probe(self, force: bool = False) -> None:
-        """
-        Look at the login again (C{force}: re-read the file now), updating the state.
-        Never refreshes (a reload must not wait on the token endpoint): the next request
-        does that.
-        """
-        if self.home is None or self.login is None:
-            return
-        try:
-            found = self.login.present(await self.home.credential(force=force))
-        except LoginNeeded as e:
-            self._needs(e)
-            return
-        self._usable(found)
-
-    def check_now(self) -> None:
-        """Blocking, at start-up: read the login so the state is true from the start."""
-        if self.home is None or self.login is None:
-            return
-        try:
-            found = self.login.present(self.home.read_now())
-        except LoginNeeded as e:
-            self._needs(e)
-            return
-        self.expires_at = found.expires_at
-
-    def _needs(self, why: LoginNeeded) -> None:
-        if self.needs_login != why.reason:
-            self._log.warn("Account {id} needs a login: {why}", id=self.id, why=why.reason)
-        self.needs_login, self.needs_login_public = why.reason, str(why)
-
-    def _usable(self, found: Credential) -> None:
-        if self.needs_login is not None:
-            self._log.info("Account {id} has a new login; using it", id=self.id)
-            self.needs_login = self.needs_login_public = None
-        self.expires_at = found.expires_at
-
-
-@define
 class AccountPool:
-    """Chooses an account for each request and tracks what the upstream says of each."""
+    """
+    Chooses an account for each request and tracks what the upstream says of each.
+
+    @ivar pause_at_percent: C{--pause-at-percent}: pause an account whose 5h or 7d
+        window is reported at or above this share (0..100); C{None}: never.
+    @ivar subscription_clients: C{--subscription-clients}: C{any}, or C{claude-code}
+        (only Claude Code's requests may use a subscription account).
+    """
 
     accounts: list[Account]
     clock: IReactorTime
     max_cooldown: float = DEFAULT_MAX_COOLDOWN
+    pause_at_percent: float | None = None
+    subscription_clients: str = "any"
     _sessions: OrderedDict[str, str] = field(factory=OrderedDict)
     _turn: int = 0
     _log = Logger()
 
-    def candidates(self, session: str | None = None) -> list[Account]:
+    def find(self, account_id: str) -> Account | None:
+        """The account with this id, if the pool has it."""
+        for account in self.accounts:
+            if account.id == account_id:
+                return account
+        return None
+
+    def add(self, account: Account) -> None:
+        """Take in an account that appeared at run time (a managed account)."""
+        if self.find(account.id) is not None:
+            raise ValueError(f"the pool already has account {account.id}")
+        self.accounts.append(account)
+
+    def remove(self, account_id: str) -> Account | None:
+        """Let go of an account (a managed account removed); the account, if it was here."""
+        found = self.find(account_id)
+        if found is not None:
+            self.accounts.remove(found)
+        return found
+
+    def allows_subscription(self, headers: Headers) -> bool:
+        """Whether a request with these headers may use a subscription account."""
+        return self.subscription_clients == "any" or from_claude_code(headers)
+
+    def candidates(self, session: str | None = None,
+                   subscription: bool = True) -> list[Account]:
         """
         Healthy accounts in the order to try them: the session's own account first, then
-        by headroom (least utilised first), round-robin among equals.
+        by headroom (least utilised first), round-robin among equals. C{subscription}
+        false leaves out the OAuth and setup-token accounts.
         """
         now = self.clock.seconds()
-        healthy = [a for a in self.accounts if a.healthy(now)]
+        eligible = [a for a in self.accounts if subscription or not a.subscription]
+        healthy = [a for a in eligible if a.healthy(now)]
         # Last, the logins that needed one: asking them re-reads their file (at most
         # once a second, off the reactor thread), so a new login serves at once.
-        relogin = [a for a in self.accounts if a.needs_login is not None and a.home is not None]
+        relogin = [a for a in eligible if a.status(now) == "needs_login"
+                   and a.login is not None]
         if not healthy:
             return relogin
         self._turn = (self._turn + 1) % len(healthy)
         rotated = healthy[self._turn:] + healthy[:self._turn]
-        ordered = sorted(rotated, key=lambda a: max(a.utilization.values(), default=0.0))
+        ordered = sorted(rotated, key=lambda a: _busiest(a, now))
         sticky = self._sessions.get(session) if session else None
         for account in ordered:
             if account.id == sticky:
@@ -285,7 +150,8 @@ class AccountPool:
                 await account.probe()
 
     def served(self, account: Account, session: str | None) -> None:
-        account.requests_served += 1
+        account.requests += 1
+        account.last_used_at = self.clock.seconds()
         if session:
             self._sessions[session] = account.id
             self._sessions.move_to_end(session)
@@ -293,9 +159,22 @@ class AccountPool:
                 self._sessions.popitem(last=False)
 
     def observe(self, account: Account, headers: Headers) -> None:
-        seen = utilization(headers)
-        if seen:
-            account.utilization.update(seen)
+        """
+        An answer's rate-limit windows (every answer carries them): remembered, and with
+        C{--pause-at-percent}, the account paused while the 5h or 7d one is at or above
+        it (resumed when a later answer says it is below).
+        """
+        seen = windows(headers)
+        if not seen:
+            return
+        account.windows.update(seen)
+        if self.pause_at_percent is None:
+            return
+        pause = pause_for(account.windows, self.pause_at_percent, self.clock.seconds())
+        if pause is not None:
+            account.pause(pause.until, pause.reason)
+        elif account.paused_until is not None:
+            account.unpause()
 
     def cool_down(self, account: Account, headers: Headers) -> float:
         """Rest an account after a 429 until the upstream's reset (capped); return when."""
@@ -307,12 +186,19 @@ class AccountPool:
                        id=account.id, until=isoformat(until))
         return until
 
-    def next_available(self) -> float | None:
-        """The earliest time a cooling account (not one needing a login) is usable again."""
+    def next_available(self, subscription: bool = True) -> float | None:
+        """
+        The earliest time a cooling or paused account (not one disabled or needing a
+        login; with C{subscription} false, not a subscription account) is usable again.
+        """
         now = self.clock.seconds()
-        times = [a.cooling_until for a in self.accounts
-                 if a.needs_login is None and a.cooling(now) and a.cooling_until is not None]
+        times = [when for a in self.accounts if subscription or not a.subscription
+                 if (when := a.resumes_at(now)) is not None]
         return min(times) if times else None
+
+    def serves_without_subscription(self) -> bool:
+        """Whether any account (an API key) can serve a request kept off subscriptions."""
+        return any(not a.subscription for a in self.accounts)
 
     def to_json(self) -> dict[str, Any]:
         now = self.clock.seconds()
@@ -321,7 +207,8 @@ class AccountPool:
     def missing_message(self, problems: list[str]) -> str:
         """Why no account could serve, where the router looked, and how to fix it."""
         now = self.clock.seconds()
-        reasons = problems or [f"account {a.id}: {a.public_status(now)}" for a in self.accounts]
+        reasons = problems or [f"account {a.id}: {a.public_reason(now)}"
+                               for a in self.accounts]
         places = ", ".join(str(a.home.path) for a in self.accounts if a.home) or "(none)"
         return (
             "linkrouter has no upstream Claude credential it can use"
@@ -332,6 +219,11 @@ class AccountPool:
             "user the router runs as (or point --claude-code-home at that login's "
             "directory), or set CLAUDE_CODE_OAUTH_TOKEN from `claude setup-token`."
         )
+
+
+def _busiest(account: Account, now: float) -> float:
+    """The account's most used window now (a window past its reset counts as unused)."""
+    return max((w.current(now) for w in account.windows.values()), default=0.0)
 
 
 def build_accounts(

@@ -11,14 +11,15 @@ that label's values few) and kind, policy refusals by the limit that refused.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from linkrouter.account import Account
+from linkrouter.accountstate import STATUSES
 from linkrouter.tokenusage import Usage
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
@@ -26,32 +27,54 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 
 class _Accounts(Collector):
-    """Each pool account's health, read when scraped."""
+    """
+    Each pool account's health, requests and rate-limit windows, read when scraped; by
+    account id (never a token, never a name an operator may have typed a secret into).
+    """
 
-    def __init__(self, describe: Callable[[], dict[str, Any]]) -> None:
-        self._describe = describe
+    def __init__(self, accounts: Callable[[], Iterable[Account]]) -> None:
+        self._accounts = accounts
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         healthy = GaugeMetricFamily(
             "linkrouter_account_healthy", "1 if the upstream account can serve now",
             labels=["account", "kind"])
         state = GaugeMetricFamily(
-            "linkrouter_account_state",
-            "The account's state (ok, cooling, needs_login): 1 for the current one",
-            labels=["account", "state"])
+            "linkrouter_account_state", "The account's status (" + ", ".join(STATUSES)
+            + "): 1 for the current one", labels=["account", "state"])
         served = GaugeMetricFamily(
             "linkrouter_account_requests_served", "Requests served by the account",
             labels=["account"])
-        for account in self._describe().get("accounts", []):
-            healthy.add_metric([account["id"], account["kind"]], 1.0 if account["healthy"]
-                               else 0.0)
-            current = account["status"]  # ok, cooling or needs_login
-            for name in ("ok", "cooling", "needs_login"):
-                state.add_metric([account["id"], name], 1.0 if name == current else 0.0)
-            served.add_metric([account["id"]], float(account["requests_served"]))
-        yield healthy
-        yield state
-        yield served
+        used = GaugeMetricFamily(
+            "linkrouter_account_utilization_percent", "Share of the account's rate-limit "
+            "window used (0-100), as the upstream last reported it", labels=["account",
+                                                                             "window"])
+        resets = GaugeMetricFamily(
+            "linkrouter_account_utilization_resets_at_seconds", "When the account's "
+            "rate-limit window resets (Unix time), as the upstream last reported it",
+            labels=["account", "window"])
+        last_used = GaugeMetricFamily(
+            "linkrouter_account_last_used_at_seconds", "When the account last served a "
+            "request (Unix time)", labels=["account"])
+        resumes = GaugeMetricFamily(
+            "linkrouter_account_resumes_at_seconds", "When a cooling or paused account "
+            "serves again (Unix time)", labels=["account"])
+        for account in self._accounts():
+            now = account.clock.seconds()
+            current = account.status(now)
+            healthy.add_metric([account.id, account.kind], 1.0 if current == "ok" else 0.0)
+            for name in STATUSES:
+                state.add_metric([account.id, name], 1.0 if name == current else 0.0)
+            served.add_metric([account.id], float(account.requests))
+            for window, figure in account.windows.items():
+                used.add_metric([account.id, window], figure.percent)
+                if figure.resets_at is not None:
+                    resets.add_metric([account.id, window], figure.resets_at)
+            if account.last_used_at is not None:
+                last_used.add_metric([account.id], account.last_used_at)
+            if (when := account.resumes_at(now)) is not None:
+                resumes.add_metric([account.id], when)
+        yield from (healthy, state, served, used, resets, last_used, resumes)
 
 
 #: Most distinct models a router names in its usage labels; the rest are "other".
@@ -98,7 +121,7 @@ def _nan_if_none(value: float | None) -> float:
 class Metrics:
     """The router's metrics and their exposition."""
 
-    def __init__(self, accounts: Callable[[], dict[str, Any]] | None = None,
+    def __init__(self, accounts: Callable[[], Iterable[Account]] | None = None,
                  revocations_age: Callable[[], float | None] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry

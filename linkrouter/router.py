@@ -153,7 +153,7 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
         config.upstream_timeout, config.upstream_idle_timeout,
     )
     admin = TokenAdmin(authority, store, revocations, reactor, books.limits.changed)
-    metrics = Metrics(accounts.to_json, revocations.age)
+    metrics = Metrics(lambda: accounts.accounts, revocations.age)
     usage.metrics = metrics
     fleet = FleetRpm(runner) if Database(config.database).kind == "postgresql" else None
     admitter = Admitter(Policy(reactor), books.limits, books.spend, metrics, fleet)

@@ -127,8 +127,8 @@ class RouterHealingTests(TestCase):
         router, pool, http_pool = build_router(config, reactor)
         self.addCleanup(pool.close)
         self.addCleanup(http_pool.closeCachedConnections)
-        self.assertEqual([a["kind"] for a in router.pool.to_json()["accounts"]],
-                         ["oauth-token"])
+        self.assertEqual([(a["kind"], a["name"]) for a in router.pool.to_json()["accounts"]],
+                         [("setup-token", "oauth-token")])
 
 
 class PermissionTests(TestCase):

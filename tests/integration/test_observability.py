@@ -82,9 +82,17 @@ class MetricsTests(TestCase):
         self.assertEqual(got[("linkrouter_inflight_requests", ())], 0.0)
         account = running.router.pool.accounts[0].id
         self.assertEqual(got[("linkrouter_account_healthy",
-                              (("account", account), ("kind", "claude-code")))], 1.0)
+                              (("account", account), ("kind", "oauth")))], 1.0)
         self.assertEqual(got[("linkrouter_account_requests_served", (("account", account),))],
                          4.0)
+        self.assertEqual(got[("linkrouter_account_state",
+                              (("account", account), ("state", "ok")))], 1.0)
+        # the recorded answers' anthropic-ratelimit-unified-5h/7d-* headers
+        for window, resets in (("5h", 1795513390.0), ("7d", 1796100190.0)):
+            labels = (("account", account), ("window", window))
+            self.assertEqual(got[("linkrouter_account_utilization_percent", labels)], 1.0)
+            self.assertEqual(got[("linkrouter_account_utilization_resets_at_seconds",
+                                  labels)], resets)
         self.assertNotIn(issued["id"], text)
         self.assertNotIn(token, text)
 

@@ -105,9 +105,9 @@ class RefreshIntegrationTests(TestCase):
                                           headers={"Authorization": "Bearer " + ADMIN_KEY})
         report = json.loads(await accounts.content())
         [account] = report["accounts"]
-        self.assertEqual((account["kind"], account["status"]), ("claude-code", "ok"))
+        self.assertEqual((account["kind"], account["status"]), ("oauth", "ok"))
         self.assertIsNotNone(account["last_refresh"])
-        self.assertEqual(account["requests_served"], 50)
+        self.assertEqual(account["requests"], 50)
         self.assertNotIn("fake-access", json.dumps(report))
 
     async def test_needs_login_reported(self) -> None:

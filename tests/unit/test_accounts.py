@@ -36,10 +36,11 @@ from linkrouter.accounts import (
     AccountUnavailable,
     build_accounts,
     ratelimit_reset,
-    utilization,
+    windows,
 )
 from linkrouter.credentials import ClaudeHome, Credential
 from linkrouter.oauth import TERMINAL_ERRORS, TokenEndpoint
+from linkrouter.ratelimit import Window
 from linkrouter.testing import FakeTokenEndpoint
 
 from ..harness import LogCapture, capture_logs
@@ -372,7 +373,8 @@ class AccountRefreshTests(_AccountCase):
                 account = rig.account
                 self.assertIsNotNone(account.needs_login, (status, error))
                 self.assertFalse(account.healthy(self.now()))
-                text = account.status(self.now())
+                self.assertEqual(account.status(self.now()), "needs_login")
+                text = account.public_reason(self.now())
                 self.assertTrue(text.startswith("needs login:"), text)
                 self.assertIn(error, text)
                 self.assertIn(error, str(why))
@@ -437,7 +439,7 @@ class AccountRefreshTests(_AccountCase):
         """A home without any login is unavailable and says so in its status."""
         why = self.rig.unavailable()
         self.assertIn("no Claude Code login", str(why))
-        self.assertTrue(self.account.status(self.now()).startswith("needs login:"))
+        self.assertTrue(self.account.public_reason(self.now()).startswith("needs login:"))
         self.assertFalse(self.account.healthy(self.now()))
 
 
@@ -506,7 +508,7 @@ class TransientRefreshTests(_AccountCase):
         why = self.rig.unavailable()
         self.assertIn("expired", str(why))
         self.assertIsNone(self.account.needs_login)
-        self.assertFalse(self.account.status(self.now()).startswith("needs login"))
+        self.assertNotEqual(self.account.status(self.now()), "needs_login")
         self.rig.unavailable()
         self.assertEqual(len(self.rig.fake.received), 1)
         self.clock.advance(MAX_REFRESH_BACKOFF)
@@ -619,7 +621,7 @@ class RefreshAfterRejectionTests(_AccountCase):
         rejected = self.rig.current()
         self.rig.fake.answers.append((400, {"error": "invalid_grant"}, {}))
         self.assertIsNone(self.successResultOf(self.rig.rejected(rejected)))
-        self.assertTrue(self.account.status(self.now()).startswith("needs login:"))
+        self.assertTrue(self.account.public_reason(self.now()).startswith("needs login:"))
         self.rig.unavailable()
 
     def test_read_only_rejected_again(self) -> None:
@@ -681,7 +683,7 @@ class StaticAccountTests(SynchronousTestCase):
             self.assertIsNone(account.needs_login)
             self.clock.advance(400 * 24 * HOUR)
         description = account.to_json(self.clock.seconds())
-        self.assertEqual(description["kind"], "oauth-token")
+        self.assertEqual((description["kind"], description["name"]), ("setup-token", "oauth-token"))
         self.assertIsNone(description["expires_at"])
         self.assertNotIn(self.token, json.dumps(description) + repr(account))
 
@@ -698,7 +700,7 @@ class StaticAccountTests(SynchronousTestCase):
         accounts = build_accounts(api_key, self.token, homes, self.clock, endpoint,
                                   maybeDeferred, margin=120)
         self.assertEqual([a.kind for a in accounts],
-                         ["api-key", "oauth-token", "claude-code", "claude-code"])
+                         ["api-key", "setup-token", "oauth", "oauth"])
         self.assertEqual([a.home for a in accounts], [None, None, *homes])
         self.assertIs(accounts[2].login.endpoint, endpoint)  # type: ignore[union-attr]
         self.assertEqual(accounts[3].login.margin, 120)  # type: ignore[union-attr]
@@ -710,7 +712,7 @@ class StaticAccountTests(SynchronousTestCase):
         self.assertEqual((key.kind, key.secret), ("api_key", api_key))
         self.assertEqual([a.kind for a in build_accounts(None, None, homes[:1], self.clock,
                                                          endpoint, maybeDeferred)],
-                         ["claude-code"])
+                         ["oauth"])
 
 
 class RateLimitHeaderTests(SynchronousTestCase):
@@ -718,14 +720,14 @@ class RateLimitHeaderTests(SynchronousTestCase):
 
     def test_utilization(self) -> None:
         """Each anthropic-ratelimit-unified-*-utilization header gives a window's figure."""
-        found = utilization(Headers({
+        found = windows(Headers({
             b"Anthropic-Ratelimit-Unified-5h-Utilization": [b"0.42"],
             b"anthropic-ratelimit-unified-7d-utilization": [b"0.9"],
             b"anthropic-ratelimit-unified-reset": [b"1800000000"],
             b"anthropic-ratelimit-unified-7d_opus-utilization": [b"not a number"],
             b"x-other-utilization": [b"1"],
         }))
-        self.assertEqual(found, {"5h": 0.42, "7d": 0.9})
+        self.assertEqual(found, {"5h": Window(0.42), "7d": Window(0.9)})
 
     def test_reset(self) -> None:
         """
@@ -778,18 +780,18 @@ class AccountPoolTests(SynchronousTestCase):
         self.pool.observe(self.c, headers(anthropic_ratelimit_unified_7d_utilization="0.2"))
         for _ in range(4):
             self.assertEqual(self.pool.candidates(), [self.c, self.b, self.a])
-        self.assertEqual(self.b.utilization, {"5h": 0.1, "7d": 0.5})
+        self.assertEqual(self.b.windows, {"5h": Window(0.1), "7d": Window(0.5)})
 
     def test_observe_updates(self) -> None:
         """A later observation replaces a window's figure; other headers change nothing."""
         self.pool.observe(self.a, headers(anthropic_ratelimit_unified_5h_utilization="0.9"))
         self.pool.observe(self.a, headers(content_type="application/json"))
-        self.assertEqual(self.a.utilization, {"5h": 0.9})
+        self.assertEqual(self.a.windows, {"5h": Window(0.9)})
         self.pool.observe(self.b, headers(anthropic_ratelimit_unified_5h_utilization="0.5"))
         self.pool.observe(self.c, headers(anthropic_ratelimit_unified_5h_utilization="0.6"))
         self.assertIs(self.pool.candidates()[-1], self.a)
         self.pool.observe(self.a, headers(anthropic_ratelimit_unified_5h_utilization="0.05"))
-        self.assertEqual(self.a.utilization, {"5h": 0.05})
+        self.assertEqual(self.a.windows, {"5h": Window(0.05)})
         self.assertIs(self.pool.candidates()[0], self.a)
 
     def test_round_robin(self) -> None:
@@ -812,7 +814,7 @@ class AccountPoolTests(SynchronousTestCase):
         """
         self.pool.observe(self.a, headers(anthropic_ratelimit_unified_5h_utilization="0.7"))
         self.pool.served(self.a, "session-1")
-        self.assertEqual(self.a.requests_served, 1)
+        self.assertEqual((self.a.requests, self.a.last_used_at), (1, NOW))
         for first in self.firsts(5, "session-1"):
             self.assertIs(first, self.a)
         for first in self.firsts(5, "session-2"):
@@ -861,8 +863,9 @@ class AccountPoolTests(SynchronousTestCase):
         self.assertEqual(until, NOW + 600)
         self.assertEqual(self.a.cooling_until, NOW + 600)
         self.assertFalse(self.a.healthy(self.now()))
-        self.assertTrue(self.a.status(self.now()).startswith("cooling down until "))
-        self.assertIn("2027-01-15T08:10:00Z", self.a.status(self.now()))
+        self.assertEqual(self.a.status(self.now()), "cooling")
+        self.assertTrue((self.a.reason(self.now()) or "").startswith("cooling down until "))
+        self.assertIn("2027-01-15T08:10:00Z", self.a.reason(self.now()) or "")
         self.assertIsNone(self.a.needs_login)
 
     def test_cool_down_retry_after(self) -> None:
@@ -937,10 +940,12 @@ class AccountPoolTests(SynchronousTestCase):
         pool.served(accounts[2], "session")
         description = pool.to_json()
         self.assertEqual([a["kind"] for a in description["accounts"]],
-                         ["api-key", "oauth-token", "claude-code"])
-        self.assertEqual(description["accounts"][0]["utilization"], {"5h": 0.3})
+                         ["api-key", "setup-token", "oauth"])
+        self.assertEqual(description["accounts"][0]["utilization"],
+                         {"5h": {"percent": 30.0, "resets_at": None},
+                          "7d": {"percent": None, "resets_at": None}})
         self.assertFalse(description["accounts"][1]["healthy"])
-        self.assertEqual(description["accounts"][2]["requests_served"], 1)
+        self.assertEqual(description["accounts"][2]["requests"], 1)
         self.assertIsNotNone(description["accounts"][2]["last_refresh"])
         text = json.dumps(description)
         for value in (api_key, self.secrets[0], access, refresh, fake.prefix, "sk-ant-"):

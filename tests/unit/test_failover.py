@@ -28,6 +28,7 @@ from linkrouter.failover import Failover, Outcome
 from linkrouter.gate import TokenGate
 from linkrouter.oauth import TokenEndpoint
 from linkrouter.proxy import Proxy
+from linkrouter.ratelimit import Window
 from linkrouter.resource import build_tree
 from linkrouter.testing import FakeAnthropic, FakeTokenEndpoint, Received, Recorded, load_answers
 from linkrouter.tokens import Gatekeeper, TokenAuthority, TokenClaims
@@ -209,7 +210,7 @@ class FailoverTests(SynchronousTestCase):
         self.assertEqual(a.cooling_until, NOW + 600)
         self.assertFalse(a.healthy(world.clock.seconds()))
         self.assertEqual([bearer(r) for r in upstream.received].count("A"), 1)
-        self.assertEqual(b.requests_served, 3)
+        self.assertEqual(b.requests, 3)
 
     def test_cooldown_from_retry_after(self) -> None:
         """Without a reset header, retry-after (seconds) sets the cooldown."""
@@ -303,7 +304,9 @@ class FailoverTests(SynchronousTestCase):
 
         def answer(seen: Received) -> Recorded:
             base = upstream.answers["messages"]
-            extra = (("anthropic-ratelimit-unified-5h-utilization", usage[bearer(seen)]),)
+            # the recorded reset is before NOW: a window that reset counts as unused
+            extra = (("anthropic-ratelimit-unified-5h-utilization", usage[bearer(seen)]),
+                     ("anthropic-ratelimit-unified-5h-reset", str(int(NOW + 3600))))
             return Recorded(base.status, base.headers + extra, base.body)
 
         upstream.respond = answer
@@ -326,7 +329,7 @@ class FailoverTests(SynchronousTestCase):
         for _ in range(3):
             self.assertEqual(self.successResultOf(world.post()).code, 200)
         dying = world.pool.accounts[0]
-        self.assertTrue(dying.status(world.clock.seconds()).startswith("needs login:"))
+        self.assertTrue(dying.public_reason(world.clock.seconds()).startswith("needs login:"))
         self.assertIn("invalid_grant", dying.needs_login or "")
         self.assertEqual(len(tokens.received), 1)
         self.assertEqual({bearer(r) for r in upstream.received}, {"B"})
@@ -362,11 +365,11 @@ class AccountsAPITests(SynchronousTestCase):
             self.assertNotIn(secret, text)
         statuses = {a["kind"]: a["status"] for a in report["accounts"]}
         reasons = {a["kind"]: a["reason"] for a in report["accounts"]}
-        self.assertEqual(statuses, {"oauth-token": "cooling", "claude-code": "ok"})
-        self.assertTrue(reasons["oauth-token"].startswith("cooling down until"))
-        self.assertIsNone(reasons["claude-code"])
-        served = {a["kind"]: a["requests_served"] for a in report["accounts"]}
-        self.assertEqual(served["claude-code"], 3)
+        self.assertEqual(statuses, {"setup-token": "cooling", "oauth": "ok"})
+        self.assertTrue(reasons["setup-token"].startswith("cooling down until"))
+        self.assertIsNone(reasons["oauth"])
+        served = {a["kind"]: a["requests"] for a in report["accounts"]}
+        self.assertEqual(served["oauth"], 3)
 
 
 # -- the failover stage alone (linkrouter.failover), no HTTP -----------------------------
@@ -402,9 +405,10 @@ class FakeAccount(Account):
 def fake_account(name: str, *tokens: str, clock: Clock, load: float = 0.0,
                  **kwargs: Any) -> FakeAccount:
     """An account named C{name}; a higher C{load} puts it later in the pool's order."""
-    account = FakeAccount(id=name, kind="fake", source=name, clock=clock,
+    kind = "setup-token" if kwargs.get("oauth", True) else "api-key"
+    account = FakeAccount(id=name, kind=kind, source=name, clock=clock,
                           tokens=list(tokens or (name,)), **kwargs)
-    account.utilization["five_hour"] = load
+    account.windows["5h"] = Window(load)
     return account
 
 
@@ -477,7 +481,7 @@ class FailoverStageTests(SynchronousTestCase):
         self.assertEqual(script.sent, ["old", "new"])
         self.assertEqual(outcome.response.code, 200)
         self.assertIs(outcome.account, account)
-        self.assertEqual((account.refreshes, account.requests_served), (1, 1))
+        self.assertEqual((account.refreshes, account.requests), (1, 1))
 
     def test_401_after_refresh_relayed(self) -> None:
         """The refreshed token refused too: that 401 is the answer (one retry only)."""
@@ -559,4 +563,4 @@ class FailoverStageTests(SynchronousTestCase):
         self.assertTrue(outcome.left)
         self.assertIsNone(outcome.response)
         self.assertTrue(answer.dropped)
-        self.assertEqual(account.requests_served, 0)
+        self.assertEqual(account.requests, 0)
