@@ -92,6 +92,9 @@ class Config:
     default_limits: Limits | None = None
     #: Prices that cost usage: C{--prices FILE}, else the shipped table.
     prices: PriceTable = field(factory=PriceTable.shipped, repr=False)
+    #: The key that seals managed accounts (given, or a file); else the data directory's.
+    account_key: str | None = field(default=None, repr=False)
+    account_key_file: Path | None = None
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
@@ -148,6 +151,7 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         raise ConfigError("--tls-cert", "--tls-cert and --tls-key go together")
     token_secret, token_secret_file = _secret(raw, env, o.TOKEN_SECRET, o.TOKEN_SECRET_FILE)
     admin_key, admin_key_file = _secret(raw, env, o.ADMIN_KEY, o.ADMIN_KEY_FILE)
+    account_key, account_key_file = _secret(raw, env, o.ACCOUNT_KEY, o.ACCOUNT_KEY_FILE)
     return Config(
         listen=tuple(o.LISTEN.read(raw, env) or [_default_listen(env)]),
         admin_listen=tuple(o.ADMIN_LISTEN.read(raw, env)),
@@ -186,4 +190,6 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         max_connections=o.MAX_CONNECTIONS.read(raw, env),
         default_limits=o.DEFAULT_LIMITS.value(raw, env),
         prices=o.PRICES.value(raw, env) or PriceTable.shipped(),
+        account_key=account_key,
+        account_key_file=account_key_file,
     )

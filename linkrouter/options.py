@@ -171,6 +171,13 @@ ADMIN_KEY = Option(
     shown="$CREDENTIALS_DIRECTORY/admin-key, else generated <data-dir>/admin-key")
 ADMIN_KEY_FILE = Option(
     "admin-key-file", "File holding the admin key.", ("ADMIN_KEY_FILE",), path)
+ACCOUNT_KEY = Option(
+    "account-key", "Key that seals managed accounts' tokens in the store (prefer "
+    "--account-key-file), at least 16 characters; the same on every instance of a fleet.",
+    ("ACCOUNT_KEY",), text,
+    shown="$CREDENTIALS_DIRECTORY/account-key, else generated <data-dir>/account-key")
+ACCOUNT_KEY_FILE = Option(
+    "account-key-file", "File holding the account key.", ("ACCOUNT_KEY_FILE",), path)
 OAUTH_TOKEN = Option(
     "oauth-token", "Upstream Claude OAuth token, e.g. from `claude setup-token`.",
     ("CLAUDE_CODE_OAUTH_TOKEN",), text)
@@ -310,7 +317,8 @@ ALLOW_UPSTREAM = Many(
 #: Every option, in C{--help} order.
 OPTIONS: tuple[Option[Any] | Flag | Many, ...] = (
     VERBOSE, HSTS, LISTEN, ADMIN_LISTEN, DATA_DIR, TOKEN_SECRET, TOKEN_SECRET_FILE,
-    ADMIN_KEY, ADMIN_KEY_FILE, CLAUDE_CODE_HOME, OAUTH_TOKEN, UPSTREAM_API_KEY, UPSTREAM,
+    ADMIN_KEY, ADMIN_KEY_FILE, ACCOUNT_KEY, ACCOUNT_KEY_FILE,
+    CLAUDE_CODE_HOME, OAUTH_TOKEN, UPSTREAM_API_KEY, UPSTREAM,
     OAUTH_TOKEN_URL, API_FORMAT, DATABASE, MAX_BODY_SIZE, UPSTREAM_TIMEOUT,
     UPSTREAM_IDLE_TIMEOUT, MAX_COOLDOWN, REFRESH_MARGIN, OAUTH_CLIENT_ID, MODEL_ALIAS,
     ALLOW_UPSTREAM, TLS_CERT, TLS_KEY, TLS_CHAIN, TLS_PORT, METRICS_LISTEN, SHUTDOWN_GRACE,

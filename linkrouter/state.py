@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.unit.test_config -*-
 """
-The data directory and the router's own secrets: the token secret and the admin key.
+The data directory and the router's own secrets: the token secret, the admin key and the
+account key (which seals managed accounts' tokens in the store, L{linkrouter.sealing}).
 
 Only the daemon creates state: on its first start it makes the data directory (0700) and
 generates missing secrets there (0600, 32 random bytes each). The console script only
@@ -19,7 +20,7 @@ from pathlib import Path
 from attrs import field, frozen
 
 from linkrouter.config import Config
-from linkrouter.options import ADMIN_KEY_FILE, TOKEN_SECRET_FILE
+from linkrouter.options import ACCOUNT_KEY_FILE, ADMIN_KEY_FILE, TOKEN_SECRET_FILE
 from linkrouter.parsing import ConfigError
 
 #: A supplied token secret or admin key shorter than this stops start-up.
@@ -32,7 +33,7 @@ GENERATED_BYTES = 32
 
 @frozen
 class _Kind:
-    """One of the two secrets: its option, its file in the data directory, how to make it."""
+    """One of the secrets: its option, its file in the data directory, how to make it."""
 
     attribute: str
     option: str
@@ -48,6 +49,9 @@ _KINDS = {
     "admin_key": _Kind("admin_key", "--admin-key", "admin key", "admin-key",
                        ADMIN_KEY_FILE.env[0],
                        lambda: "la_admin_" + secrets.token_urlsafe(GENERATED_BYTES)),
+    "account_key": _Kind("account_key", "--account-key", "account key", "account-key",
+                         ACCOUNT_KEY_FILE.env[0],
+                         lambda: secrets.token_urlsafe(GENERATED_BYTES)),
 }
 
 
@@ -60,6 +64,8 @@ class Secrets:
     admin_key: str = field(repr=False)
     admin_key_source: str
     generated: tuple[Path, ...] = ()
+    account_key: str = field(default="", repr=False)
+    account_key_source: str = ""
 
 
 def ensure_data_dir(config: Config) -> Path:
@@ -117,8 +123,9 @@ def _given(config: Config, kind: _Kind) -> tuple[str, str] | None:
 
 def find_secret(config: Config, which: str) -> tuple[str, str]:
     """
-    The token secret (C{which="token_secret"}) or admin key (C{"admin_key"}) and where it
-    came from, as the daemon would find it, without creating anything.
+    The token secret (C{which="token_secret"}), admin key (C{"admin_key"}) or account key
+    (C{"account_key"}) and where it came from, as the daemon would find it, without
+    creating anything.
     """
     kind = _KINDS[which]
     given = _given(config, kind)
@@ -178,9 +185,7 @@ def load_secrets(config: Config) -> Secrets:
     are refused.
     """
     data_dir = ensure_data_dir(config)
-    token_secret, token_source, token_new = _load(config, _KINDS["token_secret"], data_dir)
-    admin_key, admin_source, admin_new = _load(config, _KINDS["admin_key"], data_dir)
-    generated = tuple(
-        Path(p) for p, new in ((token_source, token_new), (admin_source, admin_new)) if new
-    )
-    return Secrets(token_secret, token_source, admin_key, admin_source, generated)
+    found = {which: _load(config, kind, data_dir) for which, kind in _KINDS.items()}
+    generated = tuple(Path(source) for _, source, new in found.values() if new)
+    token, admin, account = (found[w] for w in ("token_secret", "admin_key", "account_key"))
+    return Secrets(token[0], token[1], admin[0], admin[1], generated, account[0], account[1])

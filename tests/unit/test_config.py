@@ -401,28 +401,35 @@ class LoadSecretsTests(SynchronousTestCase):
 
     def test_generated(self) -> None:
         """
-        In a new data directory (made with mode 0700) both secrets are generated into
+        In a new data directory (made with mode 0700) the three secrets are generated into
         files with mode 0600 holding exactly the values returned.
         """
         loaded = load_secrets(self.config())
         self.assertEqual(self.mode(self.data_dir), 0o700)
         token_file = self.data_dir / "token-secret"
         key_file = self.data_dir / "admin-key"
-        for path in (token_file, key_file):
+        account_file = self.data_dir / "account-key"
+        for path in (token_file, key_file, account_file):
             self.assertTrue(stat.S_ISREG(path.stat().st_mode))
             self.assertEqual(self.mode(path), 0o600)
         self.assertEqual(token_file.read_text().strip(), loaded.token_secret)
         self.assertEqual(key_file.read_text().strip(), loaded.admin_key)
-        self.assertEqual(set(loaded.generated), {token_file, key_file})
+        self.assertEqual(account_file.read_text().strip(), loaded.account_key)
+        self.assertEqual(set(loaded.generated), {token_file, key_file, account_file})
         self.assertEqual(loaded.token_secret_source, str(token_file))
         self.assertEqual(loaded.admin_key_source, str(key_file))
+        self.assertEqual(loaded.account_key_source, str(account_file))
 
     def test_generated_are_strong(self) -> None:
-        """Generated secrets are long and different from each other."""
+        """
+        Generated secrets are long and different from each other; the account key is 32
+        random bytes (URL-safe base64).
+        """
         loaded = load_secrets(self.config())
         self.assertGreaterEqual(len(loaded.token_secret), 32)
         self.assertGreaterEqual(len(loaded.admin_key), 32)
-        self.assertNotEqual(loaded.token_secret, loaded.admin_key)
+        self.assertEqual(len(base64.urlsafe_b64decode(loaded.account_key + "=")), 32)
+        self.assertEqual(len({loaded.token_secret, loaded.admin_key, loaded.account_key}), 3)
 
     def test_generated_differ_per_directory(self) -> None:
         """Two fresh data directories get different secrets."""
@@ -446,7 +453,8 @@ class LoadSecretsTests(SynchronousTestCase):
         (self.data_dir / "token-secret").write_text("operator-chosen-secret\n")
         loaded = load_secrets(self.config())
         self.assertEqual(loaded.token_secret, "operator-chosen-secret")
-        self.assertEqual(loaded.generated, (self.data_dir / "admin-key",))
+        self.assertEqual(loaded.generated, (self.data_dir / "admin-key",
+                                            self.data_dir / "account-key"))
 
     def test_token_secret_file(self) -> None:
         """C{--token-secret-file} is read (whitespace trimmed) and nothing is generated
@@ -472,7 +480,7 @@ class LoadSecretsTests(SynchronousTestCase):
                                           admin_key="given-admin-key-17"))
         self.assertEqual((loaded.token_secret, loaded.admin_key),
                          ("given-secret-16ch", "given-admin-key-17"))
-        self.assertEqual(loaded.generated, ())
+        self.assertEqual(loaded.generated, (self.data_dir / "account-key",))
         self.assertFalse((self.data_dir / "token-secret").exists())
         self.assertFalse((self.data_dir / "admin-key").exists())
 
@@ -493,6 +501,42 @@ class LoadSecretsTests(SynchronousTestCase):
         loaded = load_secrets(cfg)
         self.assertEqual(loaded.token_secret, "the-flag-file-secret")
         self.assertEqual(loaded.admin_key, "the-flag-file-key")
+
+    def test_account_key_given(self) -> None:
+        """
+        The account key comes from C{ACCOUNT_KEY}, else C{--account-key-file}
+        (C{ACCOUNT_KEY_FILE}); then none is generated, and C{find_secret} finds the same.
+        """
+        cfg = config({"HOME": str(self.base), "ACCOUNT_KEY": "account-key-from-env"},
+                     data_dir=str(self.data_dir))
+        loaded = load_secrets(cfg)
+        self.assertEqual((loaded.account_key, loaded.account_key_source),
+                         ("account-key-from-env", "--account-key / environment"))
+        self.assertEqual(find_secret(cfg, "account_key"), ("account-key-from-env",
+                                                           "--account-key / environment"))
+        key_file = self.base / "account.txt"
+        key_file.write_text("  account-key-from-file \n")
+        for cfg in (self.config(account_key_file=str(key_file)),
+                    config({"HOME": str(self.base), "ACCOUNT_KEY_FILE": str(key_file)},
+                           data_dir=str(self.data_dir))):
+            loaded = load_secrets(cfg)
+            self.assertEqual((loaded.account_key, loaded.account_key_source),
+                             ("account-key-from-file", str(key_file)))
+        self.assertFalse((self.data_dir / "account-key").exists())
+
+    def test_account_key_short_or_missing(self) -> None:
+        """
+        A given account key shorter than the minimum stops start-up naming
+        C{--account-key}; the CLI, finding none, says where it looked (and makes none).
+        """
+        error = self.assertRaises(ConfigError, load_secrets,
+                                  self.config(account_key="x" * (MIN_SECRET_LENGTH - 1)))
+        self.assertEqual(error.option, "--account-key")
+        error = self.assertRaises(ConfigError, find_secret, self.config(), "account_key")
+        self.assertEqual(error.option, "--account-key")
+        self.assertIn(str(self.data_dir), str(error))
+        self.assertIn("ACCOUNT_KEY_FILE", str(error))
+        self.assertFalse((self.data_dir / "account-key").exists())
 
     def assertUnreadable(self, option: str, path: Path, **flags: Any) -> None:
         error = self.assertRaises(ConfigError, load_secrets, self.config(**flags))
@@ -704,18 +748,25 @@ class SystemdCredentialTests(SynchronousTestCase):
     """Secrets handed over by systemd's LoadCredential= are found without flags."""
 
     def test_credentials_directory(self) -> None:
-        """$CREDENTIALS_DIRECTORY/token-secret and /admin-key are used when nothing is set."""
+        """
+        $CREDENTIALS_DIRECTORY/token-secret, /admin-key and /account-key are used when
+        nothing is set.
+        """
         base = Path(self.mktemp())
         credentials = base / "credentials"
         credentials.mkdir(parents=True)
         (credentials / "token-secret").write_text("from-systemd-token-secret-0123456789\n")
         (credentials / "admin-key").write_text("from-systemd-admin-key\n")
+        (credentials / "account-key").write_text("from-systemd-account-key\n")
         env = {"CREDENTIALS_DIRECTORY": str(credentials), "HOME": str(base)}
         config = resolve({"data_dir": str(base / "state")}, env)
         self.assertEqual(config.token_secret_file, credentials / "token-secret")
+        self.assertEqual(config.account_key_file, credentials / "account-key")
         loaded = load_secrets(config)
-        self.assertEqual((loaded.token_secret, loaded.admin_key),
-                         ("from-systemd-token-secret-0123456789", "from-systemd-admin-key"))
+        self.assertEqual((loaded.token_secret, loaded.admin_key, loaded.account_key),
+                         ("from-systemd-token-secret-0123456789", "from-systemd-admin-key",
+                          "from-systemd-account-key"))
+        self.assertEqual(loaded.account_key_source, str(credentials / "account-key"))
         self.assertEqual(loaded.generated, ())
 
     def test_flags_win(self) -> None:
