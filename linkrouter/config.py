@@ -23,6 +23,7 @@ from linkrouter.defaults import (  # noqa: F401 - re-exported for callers of con
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_COOLDOWN,
+    DEFAULT_OAUTH_AUTHORIZE_URL,
     DEFAULT_OAUTH_TOKEN_URL,
     DEFAULT_PORT,
     DEFAULT_REFRESH_MARGIN,
@@ -90,6 +91,7 @@ class Config:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     default_limits: Limits | None = None
+    oauth_authorize_url: str = DEFAULT_OAUTH_AUTHORIZE_URL
     #: Prices that cost usage: C{--prices FILE}, else the shipped table.
     prices: PriceTable = field(factory=PriceTable.shipped, repr=False)
     #: The key that seals managed accounts (given, or a file); else the data directory's.
@@ -192,4 +194,5 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         prices=o.PRICES.value(raw, env) or PriceTable.shipped(),
         account_key=account_key,
         account_key_file=account_key_file,
+        oauth_authorize_url=o.OAUTH_AUTHORIZE_URL.read(raw, env),
     )

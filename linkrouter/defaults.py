@@ -11,6 +11,9 @@ DIALECTS = ("anthropic", "bedrock", "vertex")
 DIALECT_ALIASES = {"messages": "anthropic", "invoke": "bedrock", "rawpredict": "vertex"}
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
 DEFAULT_OAUTH_TOKEN_URL = "https://platform.claude.com/v1/oauth/token"  # noqa: S105
+DEFAULT_OAUTH_AUTHORIZE_URL = "https://claude.ai/oauth/authorize"
+#: Where the authorize page sends its code: a page that shows C{code#state} to paste.
+OAUTH_REDIRECT_URI = "https://platform.claude.com/oauth/code/callback"
 DEFAULT_MAX_BODY_SIZE = 32 * 1024 * 1024
 DEFAULT_UPSTREAM_TIMEOUT = 600.0
 DEFAULT_UPSTREAM_IDLE_TIMEOUT = 300.0

@@ -9,10 +9,14 @@ It is the one part of linkrouter's tests that is not real: the Anthropic API its
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
@@ -195,6 +199,11 @@ class FakeTokenEndpoint(Resource):
     real provider, it refuses a refresh token that was already spent (400
     C{invalid_grant}).
 
+    It also plays the authorize page (L{authorize}) and trades the codes that page hands
+    out (C{grant_type=authorization_code}) only with the PKCE verifier whose S256
+    challenge the authorize URL carried, the same state, client id and redirect URI, once
+    each; anything else is 400 C{invalid_grant}.
+
     @ivar answers: queued (status, JSON body, headers) answers used before the default.
     @ivar hold: while set, requests wait for this Deferred before being answered.
     @ivar expires_in: the lifetime given to new access tokens, in seconds.
@@ -206,7 +215,22 @@ class FakeTokenEndpoint(Resource):
     prefix: str = "sk-ant-oat01-fake"
     received: list[dict[str, Any]] = field(factory=list)
     spent: set[str] = field(factory=set)
+    codes: dict[str, dict[str, str]] = field(factory=dict)
     isLeaf = True
+
+    def authorize(self, url: str) -> str:
+        """
+        What the authorize page does for an operator who signs in: read the PKCE
+        challenge, the state, the client id and the redirect URI from C{url}, mint a code
+        bound to them, and return what the callback page shows: C{code#state}.
+        """
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
+        if query.get("response_type") != "code" or query.get(
+                "code_challenge_method") != "S256" or not query.get("code_challenge"):
+            raise ValueError("not an S256 PKCE authorization code request")
+        code = "fake-code-" + secrets.token_hex(8)
+        self.codes[code] = query
+        return f"{code}#{query['state']}"
 
     def __attrs_post_init__(self) -> None:
         Resource.__init__(self)
@@ -226,8 +250,12 @@ class FakeTokenEndpoint(Resource):
 
     def _answer(self, request: Request, body: Any, direct: bool = False) -> bytes:
         token = body.get("refresh_token") if isinstance(body, dict) else None
+        refused = self._code_refused(body)
         if self.answers:
             status, payload, headers = self.answers.pop(0)
+        elif refused is not None:
+            status, headers = 400, {}
+            payload = {"error": "invalid_grant", "error_description": refused}
         elif token in self.spent:
             status, headers = 400, {}
             payload = {"error": "invalid_grant", "error_description": "Refresh token reused"}
@@ -249,3 +277,20 @@ class FakeTokenEndpoint(Resource):
         request.write(data)
         request.finish()
         return b""
+
+    def _code_refused(self, body: Any) -> str | None:
+        """Why an authorization code grant is refused (the code is spent either way)."""
+        if not isinstance(body, dict) or body.get("grant_type") != "authorization_code":
+            return None
+        given = self.codes.pop(str(body.get("code")), None)
+        if given is None:
+            return "Invalid or already used authorization code"
+        for key in ("state", "client_id", "redirect_uri"):
+            if body.get(key) != given.get(key):
+                return f"{key} does not match the authorization request"
+        verifier = body.get("code_verifier")
+        digest = hashlib.sha256(str(verifier).encode()).digest()
+        challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        if not isinstance(verifier, str) or challenge != given["code_challenge"]:
+            return "Invalid code verifier"
+        return None
