@@ -236,9 +236,13 @@ class PendingLogins:
 # -- the login collaborator ------------------------------------------------------------
 
 class AccountStore(Protocol):
-    """The part of the managed account store a login needs."""
+    """
+    The part of the managed account store a login needs
+    (L{linkrouter.accountstore.ManagedStore}).
+    """
 
-    async def add(self, name: str, kind: str, credential: Credential) -> str: ...
+    def add(self, name: str, kind: str, credential: Credential) -> Awaitable[str]:
+        """Add the account; its id. A taken name: L{ValueError} saying so."""
 
 
 #: The account's JSON once added (e.g. as C{GET /api/accounts} shows it), or None.
@@ -307,8 +311,9 @@ class Logins:
     async def _add(self, name: str, kind: str, credential: Credential) -> dict[str, Any]:
         try:
             account_id = await self.store.add(name, kind, credential)
-        except ValueError:
-            raise _bad(f"name: an account named {name!r} exists already.") from None
+        except ValueError as e:  # the store's words never quote a credential
+            raise _bad(f"name: an account named {name!r} exists already." if "exists" in str(e)
+                       else f"The account was not stored: {e}.") from None
         self._log.info("Account {name} ({id}, {kind}) added by a login", name=name,
                        id=account_id, kind=kind)
         shown = await self.describe(account_id) if self.describe is not None else None
