@@ -24,7 +24,7 @@ import json
 import re
 import secrets
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -32,6 +32,7 @@ from attrs import define, field, frozen
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from linkrouter.accountstore import MAX_NAME_LENGTH
 from linkrouter.codeexchange import CodeExchange
 from linkrouter.credentials import Credential
 from linkrouter.defaults import OAUTH_REDIRECT_URI
@@ -43,7 +44,6 @@ from linkrouter.timefmt import isoformat
 SCOPES = "user:profile user:inference user:sessions:claude_code"
 MAX_PENDING = 32
 PENDING_SECONDS = 600.0
-MAX_NAME_LENGTH = 64
 #: 48 random bytes: a 64-character verifier (RFC 7636 allows 43 to 128).
 VERIFIER_BYTES = 48
 
@@ -235,6 +235,11 @@ class PendingLogins:
 
 # -- the login collaborator ------------------------------------------------------------
 
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
 class AccountStore(Protocol):
     """
     The part of the managed account store a login needs
@@ -243,6 +248,9 @@ class AccountStore(Protocol):
 
     def add(self, name: str, kind: str, credential: Credential) -> Awaitable[str]:
         """Add the account; its id. A taken name: L{ValueError} saying so."""
+
+    def all(self) -> Awaitable[Sequence[_Named]]:
+        """Every account (its name)."""
 
 
 #: The account's JSON once added (e.g. as C{GET /api/accounts} shows it), or None.
@@ -255,8 +263,9 @@ class Logins:
     Starts and finishes logins, stores their accounts: the admin API's C{logins} and
     the CLI's C{accounts login}.
 
-    @ivar taken: the names already in use (checked when a login starts; the store
-        refuses a duplicate again when it is added).
+    A name in use is refused when a login starts, and by the store again when the
+    account is added (another login may have taken it meanwhile).
+
     @ivar describe: the new account as the router shows it, when it can.
     """
 
@@ -264,7 +273,6 @@ class Logins:
     exchange: CodeExchange
     store: AccountStore
     clock: IReactorTime
-    taken: Callable[[], Awaitable[set[str]]] | None = None
     describe: Describe | None = None
     _log = Logger()
 
@@ -305,7 +313,7 @@ class Logins:
         return await self._add(name, "setup-token", credential)
 
     async def _free(self, name: str) -> None:
-        if self.taken is not None and name in await self.taken():
+        if any(record.name == name for record in await self.store.all()):
             raise _bad(f"name: an account named {name!r} exists already.")
 
     async def _add(self, name: str, kind: str, credential: Credential) -> dict[str, Any]:

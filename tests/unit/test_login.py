@@ -20,8 +20,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from linkrouter.accountstore import ManagedRecord, ManagedStore
 from linkrouter.codeexchange import CodeExchange, error_type, treq_post
-from linkrouter.credentials import Credential
 from linkrouter.defaults import CLAUDE_CODE_CLIENT_ID
 from linkrouter.errors import APIError
 from linkrouter.login import (
@@ -35,7 +35,11 @@ from linkrouter.login import (
     encode_verifier,
     new_verifier,
 )
+from linkrouter.sealing import AccountKey
+from linkrouter.store import BlockingRunner, prepare
 from linkrouter.testing import FakeTokenEndpoint
+
+from .test_store import SQLiteBackend
 
 NOW = 1_800_000_000.0
 AUTHORIZE = "https://claude.example.test/oauth/authorize"
@@ -288,28 +292,11 @@ class ExchangeTests(SynchronousTestCase):
         self.assertNotIn("10.1.2.3", error.message)
 
 
-class MemoryAccounts:
+class LoginsTests(SQLiteBackend, SynchronousTestCase):
     """
-    A stand-in for the managed account store (L{linkrouter.login.AccountStore}): keeps
-    what it is given, refuses a duplicate name with C{ValueError} as the store does.
+    The collaborator behind C{POST /api/accounts/login} and the CLI, storing into a real
+    managed account store on SQLite.
     """
-
-    def __init__(self) -> None:
-        self.added: dict[str, tuple[str, str, Credential]] = {}
-
-    async def add(self, name: str, kind: str, credential: Credential) -> str:
-        if any(n == name for n, _, _ in self.added.values()):
-            raise ValueError(f"an account named {name!r} exists")
-        account_id = f"managed-{len(self.added) + 1}"
-        self.added[account_id] = (name, kind, credential)
-        return account_id
-
-    async def names(self) -> set[str]:
-        return {n for n, _, _ in self.added.values()}
-
-
-class LoginsTests(SynchronousTestCase):
-    """The collaborator behind C{POST /api/accounts/login} and the CLI."""
 
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
@@ -318,9 +305,23 @@ class LoginsTests(SynchronousTestCase):
         self.agent = RequestTraversalAgent(self.fake)
         exchange = CodeExchange(treq_post(HTTPClient(self.agent), self.clock), TOKEN_URL,
                                 self.clock)
-        self.store = MemoryAccounts()
+        database = self.new_database()
+        prepare(database)
+        connection = database.connect()
+        self.addCleanup(connection.close)
+        self.store = ManagedStore.open(database, BlockingRunner(connection),
+                                       AccountKey.from_secret(secrets.token_urlsafe(32)),
+                                       self.clock)
         self.logins = Logins(PendingLogins(self.clock, AUTHORIZE, CLAUDE_CODE_CLIENT_ID),
-                             exchange, self.store, self.clock, taken=self.store.names)
+                             exchange, self.store, self.clock)
+
+    def stored(self) -> list[ManagedRecord]:
+        records: list[ManagedRecord] = self.successResultOf(self.store.all())
+        return records
+
+    def take(self, name: str) -> None:
+        """Another login took C{name}."""
+        self.successResultOf(self.store.add(name, "setup-token", "sk-ant-oat01-" + "t" * 40))
 
     def call(self, coroutine: Any) -> Deferred[Any]:
         d = Deferred.fromCoroutine(coroutine)
@@ -328,7 +329,8 @@ class LoginsTests(SynchronousTestCase):
         return d
 
     def bad(self, coroutine: Any, status: int = 400) -> str:
-        error: APIError = self.failureResultOf(self.call(coroutine), APIError).value  # type: ignore[assignment]
+        failure = self.failureResultOf(self.call(coroutine), APIError)
+        error: APIError = failure.value  # type: ignore[assignment]
         self.assertEqual(error.status, status, error)
         return error.message
 
@@ -350,8 +352,10 @@ class LoginsTests(SynchronousTestCase):
         self.assertEqual(started["expires_at"], "2027-01-15T08:10:00Z")
         paste = self.fake.authorize(started["authorize_url"])
         account = self.successResultOf(self.finish(started["login_id"], paste))
-        [(account_id, (name, kind, credential))] = self.store.added.items()
-        self.assertEqual((name, kind), ("alice-max", "oauth"))
+        [record] = self.stored()
+        account_id, credential = record.id, record.credential
+        assert credential is not None
+        self.assertEqual((record.name, record.kind), ("alice-max", "oauth"))
         self.assertEqual(credential.secret, self.fake.prefix + "-access-1")
         self.assertEqual(credential.refresh_token, self.fake.prefix + "-refresh-1")
         self.assertEqual(credential.expires_at, NOW + self.fake.expires_in)
@@ -371,11 +375,11 @@ class LoginsTests(SynchronousTestCase):
         started = self.start()
         account = self.successResultOf(self.finish(
             started["login_id"], self.fake.authorize(started["authorize_url"])))
-        self.assertEqual(account, {"id": "managed-1", "shown": True})
+        self.assertEqual(account, {"id": self.stored()[0].id, "shown": True})
 
     def test_bad_names(self) -> None:
         """Empty, too long, control characters, not a string, taken: 400 naming name."""
-        self.store.added["x"] = ("taken", "oauth", Credential("oauth", "t", "s"))
+        self.take("taken")
         for name in ("", "a" * 65, "tab\there", "esc\x1b[31m", "bidi\u202e", " padded", 5,
                      None, "taken"):
             message = self.bad(self.logins.start(json.dumps({"name": name}).encode()))
@@ -401,7 +405,7 @@ class LoginsTests(SynchronousTestCase):
                                               json.dumps({"code": code + "#forged"}).encode()))
         self.assertIn("state", message)
         self.assertEqual(self.fake.received, [])
-        self.assertEqual(self.store.added, {})
+        self.assertEqual(self.stored(), [])
 
     def test_refused_code(self) -> None:
         """The endpoint refusing the code: 400 with its error type; nothing stored."""
@@ -411,12 +415,12 @@ class LoginsTests(SynchronousTestCase):
         message = self.bad(self.logins.finish(started["login_id"],
                                               json.dumps({"code": paste}).encode()))
         self.assertIn("invalid_grant", message)
-        self.assertEqual(self.store.added, {})
+        self.assertEqual(self.stored(), [])
 
     def test_duplicate_at_add(self) -> None:
         """A name taken while the login was pending: the store's refusal is 400 name."""
         started = self.start("bob")
-        self.store.added["x"] = ("bob", "oauth", Credential("oauth", "t", "s"))
+        self.take("bob")
         message = self.bad(self.logins.finish(
             started["login_id"], json.dumps({"code": self.fake.authorize(
                 started["authorize_url"])}).encode()))
@@ -426,8 +430,10 @@ class LoginsTests(SynchronousTestCase):
         """A setup token of the right shape is stored as kind setup-token."""
         token = "sk-ant-oat01-" + secrets.token_urlsafe(60)
         account = self.successResultOf(self.call(self.logins.setup_token("ci", f" {token}\n")))
-        [(name, kind, credential)] = self.store.added.values()
-        self.assertEqual((name, kind, credential.secret, credential.kind),
+        [record] = self.stored()
+        credential = record.credential
+        assert credential is not None
+        self.assertEqual((record.name, record.kind, credential.secret, credential.kind),
                          ("ci", "setup-token", token, "oauth"))
         self.assertIsNone(credential.refresh_token)
         self.assertEqual(account["kind"], "setup-token")
@@ -444,7 +450,7 @@ class LoginsTests(SynchronousTestCase):
             self.assertIn(hint, error.message)
             if pasted:
                 self.assertNotIn(pasted, error.message)
-        self.assertEqual(self.store.added, {})
+        self.assertEqual(self.stored(), [])
 
     def test_no_secret_in_logs(self) -> None:
         """The log lines of a login name the account, never a token, code or verifier."""
@@ -461,7 +467,9 @@ class LoginsTests(SynchronousTestCase):
         self.successResultOf(self.finish(started["login_id"], paste))
         text = "\n".join(lines)
         self.assertIn("alice-max", text)
-        [(_, _, credential)] = self.store.added.values()
+        [record] = self.stored()
+        credential = record.credential
+        assert credential is not None
         verifier = self.fake.received[0]["code_verifier"]
         for secret in (credential.secret, credential.refresh_token, paste.split("#")[0],
                        paste.split("#")[1], verifier):
