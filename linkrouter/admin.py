@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.unit.test_admin,tests.integration.test_admin -*-
 """
 The admin API: issue, list, show (with usage per window), change (label, limits) and
-revoke router tokens; show upstream accounts; usage reports (L{linkrouter.adminusage}).
+revoke router tokens; usage reports (L{linkrouter.adminusage}); the upstream accounts
+(L{linkrouter.adminaccounts}).
 
 Every call needs C{Authorization: Bearer <admin key>}, compared in constant time. The
 request and response of C{POST /api/tokens} keep link-assistant-router's field names
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
@@ -31,6 +32,9 @@ from linkrouter.limits import Limits, LimitsError
 from linkrouter.store import RevocationCache, TokenRecord, TokenStore
 from linkrouter.timefmt import isoformat
 from linkrouter.tokens import TokenAuthority
+
+if TYPE_CHECKING:
+    from linkrouter.adminaccounts import AccountAdmin
 
 DEFAULT_TTL_HOURS = 24
 MAX_TTL_HOURS = 10 * 366 * 24  # ten years; anything longer is a mistake
@@ -316,30 +320,16 @@ def _body(request: IRequest) -> bytes:
     return raw
 
 
-class AccountsResource(_AdminResource):
-    """C{GET /api/accounts}: each upstream account's health (never a token)."""
-
-    def __init__(self, describe: Callable[[], dict[str, Any]], guard: AdminGuard) -> None:
-        super().__init__(guard)
-        self._describe = describe
-
-    async def _dispatch(self, request: IRequest, segments: list[bytes]) -> dict[str, Any]:
-        if segments:
-            return await super()._dispatch(request, segments)
-        if request.method != b"GET":
-            raise _not_allowed(request, b"GET")
-        return self._describe()
-
-
-def admin_resources(admin: TokenAdmin, describe_accounts: Callable[[], dict[str, Any]],
+def admin_resources(admin: TokenAdmin, accounts: AccountAdmin,
                     guard: AdminGuard) -> dict[bytes, Resource]:
     """The admin endpoints, by their name under C{/api}."""
-    # imported here: adminusage builds on this module's resources
+    # imported here: adminusage and adminaccounts build on this module's resources
+    from linkrouter.adminaccounts import AccountsResource
     from linkrouter.adminusage import UsageResource
 
     return {
         b"tokens": TokensResource(admin, guard),
-        b"accounts": AccountsResource(describe_accounts, guard),
+        b"accounts": AccountsResource(accounts, guard),
         b"usage": UsageResource(admin, guard),
     }
 

@@ -22,11 +22,14 @@ from twisted.web.resource import IResource
 
 from linkrouter.accounts import AccountPool, build_accounts
 from linkrouter.admin import MetricsResource, TokenAdmin, admin_resources
+from linkrouter.adminaccounts import AccountAdmin
 from linkrouter.adminguard import AdminGuard
 from linkrouter.admission import Admitter
 from linkrouter.bedrock import BEDROCK, bedrock_route
 from linkrouter.books import Books, preload
 from linkrouter.config import Config
+from linkrouter.controls import ControlsBook
+from linkrouter.controls import preload as preload_controls
 from linkrouter.credentials import claude_homes
 from linkrouter.database import Database, StoreError, redact_url
 from linkrouter.dialects import Aliases, Route, messages_route, vertex_route
@@ -75,6 +78,7 @@ class Router:
     metrics: Metrics
     streams: Streams
     admitter: Admitter
+    accounts: AccountAdmin
 
     def _problem(self) -> str | None:
         """Why tokens are refused now (revocations or limits unknown), or C{None}."""
@@ -97,7 +101,7 @@ class Router:
             else "set by --admin-key"
         )
         guard = AdminGuard(self.secrets.admin_key, self.admin.clock, hint)
-        admin = admin_resources(self.admin, self.pool.to_json, guard)
+        admin = admin_resources(self.admin, self.accounts, guard)
         guarded_metrics = MetricsResource(self.metrics, guard)
         separate = bool(config.admin_listen)
         surface = Surface.opening(config.allow_upstream)
@@ -162,8 +166,25 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
     streams = Streams()
     revocations.subscribe(streams.revoked)
     router = Router(config, secrets, store, revocations, usage, gatekeeper, accounts,
-                    upstream, admin, metrics, streams, admitter)
+                    upstream, admin, metrics, streams, admitter,
+                    _account_admin(config, accounts, store, revocations, reactor))
     return router, runner, http_pool
+
+
+def _account_admin(config: Config, pool: AccountPool, store: TokenStore,
+                   revocations: RevocationCache, reactor: Any) -> AccountAdmin:
+    """
+    The accounts' admin, with the operator's controls read from the store when it
+    answered at start (else polled once it does): a disabled account never serves.
+    """
+    book = ControlsBook(store, pool, reactor)
+    if revocations.loaded_at is not None:
+        try:
+            preload_controls(Database(config.database), config.store_timeout, book)
+        except StoreError as e:
+            _log.warn("{problem}; the account controls are applied once it answers",
+                      problem=str(e))
+    return AccountAdmin(pool, store, book, reactor)
 
 
 def _token_store(config: Config, reactor: Any) -> tuple[TokenStore, StoreRunner,

@@ -24,6 +24,8 @@ from typing import Any
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, maybeDeferred
 
+from linkrouter.controls import ControlQueries
+
 # Re-exported ("X as X"): the store's public names.
 from linkrouter.database import Database as Database
 from linkrouter.database import StoreError as StoreError
@@ -73,6 +75,11 @@ class Queries:
     def ledger(self) -> LedgerQueries:
         """The usage ledger's queries, in the same dialect."""
         return LedgerQueries(self.placeholder)
+
+    @property
+    def controls(self) -> ControlQueries:
+        """The account controls' queries, in the same dialect."""
+        return ControlQueries(self.placeholder)
 
     def migrate(self, cursor: _Cursor) -> int:
         """Bring the schema to L{SCHEMA_VERSION}; return the version found before."""
@@ -269,6 +276,16 @@ class TokenStore:
     def usage_report(self, since: int, until: int | None,
                      group_by: tuple[str, ...] = ()) -> Any:
         return self.run(self.queries.ledger.usage_report, since, until, group_by)
+
+    def set_control(self, account_id: str, disabled: bool | None, reset_at: int | None,
+                    at: int) -> Any:
+        return self.run(self.queries.controls.set_control, account_id, disabled, reset_at, at)
+
+    def controls_since(self, since: int) -> Any:
+        return self.run(self.queries.controls.controls_since, since)
+
+    def all_controls(self) -> Any:
+        return self.run(self.queries.controls.all_controls)
 
     def migrate(self) -> Any:
         return self.run(self.queries.migrate)
