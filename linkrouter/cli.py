@@ -6,6 +6,7 @@ The C{linkrouter} console script, for operators:
     linkrouter [options] tokens list | show ID | revoke ID
     linkrouter [options] tokens limit ID (--clear | limits)
     linkrouter [options] usage [--since 7d|ISO] [--until ISO] [--by token,model,day] [--json]
+    linkrouter [options] accounts list [--json] [--url URL] | disable|enable|reset ID
     linkrouter [options] doctor [--online]
     linkrouter --version
 
@@ -14,8 +15,9 @@ on the same store and secret. It never creates either: only the daemon does, and
 made up here would sign tokens the daemon refuses. A running daemon picks up a revocation
 made here within two seconds.
 
-The C{tokens} commands live in L{linkrouter.clitokens}, C{usage} in L{linkrouter.cliusage};
-here are the parser, the store they share and C{doctor}.
+The C{tokens} commands live in L{linkrouter.clitokens}, C{usage} in L{linkrouter.cliusage},
+C{accounts} in L{linkrouter.cliaccounts}; here are the parser, the store they share and
+C{doctor}.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from linkrouter.cliaccounts import AccountsOptions, accounts
 from linkrouter.clitokens import TokensOptions, tokens
 from linkrouter.cliusage import UsageOptions, usage_report
 from linkrouter.config import Config
@@ -66,10 +69,11 @@ class DoctorOptions(usage.Options):
 class Options(DaemonOptions):
     """The daemon's options, plus the operator's commands."""
 
-    synopsis = "[options] tokens|usage|doctor [options]"
+    synopsis = "[options] tokens|usage|accounts|doctor [options]"
     longdesc = (
         "Operate a linkrouter: issue, list, show, limit and revoke router tokens, report "
-        "usage and cost, or check the configuration. Takes the same options and "
+        "usage and cost, see and control the upstream accounts, or check the "
+        "configuration. Takes the same options and "
         "environment as `twistd linkrouter`; they may come before or after the command. "
         "It reads the daemon's secrets and store and never creates them: point it at the "
         "daemon's data directory."
@@ -77,12 +81,14 @@ class Options(DaemonOptions):
     subCommands = [
         ["tokens", None, TokensOptions, "Issue, list, show, limit and revoke router tokens."],
         ["usage", None, UsageOptions, "Usage and cost by token, model, account, day."],
+        ["accounts", None, AccountsOptions,
+         "List the upstream accounts; disable, enable or reset one."],
         ["doctor", None, DoctorOptions, "Check configuration, store and credentials."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("choose a command: tokens, usage or doctor")
+            raise usage.UsageError("choose a command: tokens, usage, accounts or doctor")
         super().postOptions()
 
 
@@ -319,6 +325,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         sys.stderr.write(f"linkrouter: error: {e} (see linkrouter --help)\n")
         return 2
     try:
+        if options.subCommand == "accounts":
+            return accounts(options.config, options.subOptions, out)
         command = {"tokens": tokens, "usage": usage_report}.get(options.subCommand or "")
         if command is not None:
             sub = options.subOptions
