@@ -170,9 +170,17 @@ class RouterClient:
             raise _refusal(self.url, e) from None
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", None) or e
-            raise ConfigError("--url", f"no router answers at {self.url} ({reason}); is "
-                                       "it running? Give --url if it listens elsewhere"
-                              ) from None
+            raise NoRouter(self.url, getattr(reason, "strerror", None) or str(reason)
+                           ) from None
+
+
+class NoRouter(ConfigError):
+    """No router answers at C{url}; C{str()} says so and names C{--url}."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__("--url", f"no router answers at {url} ({reason}); is it running? "
+                                  "Give --url if it listens elsewhere")
+        self.url, self.reason = url, reason
 
 
 def _loopback(url: str) -> bool:
@@ -186,8 +194,6 @@ def _refusal(url: str, error: urllib.error.HTTPError) -> APIError:
         kind, message = body["error"]["type"], body["error"]["message"]
     except (ValueError, KeyError, TypeError, OSError):
         kind, message = "api_error", f"HTTP {error.code}"
-    if error.code == 401:
-        message += " (give the router's admin key: --admin-key-file or --data-dir)"
     return APIError(error.code, f"the router at {url} says: {escaped(str(message), 300)}",
                     str(kind))
 
@@ -290,9 +296,11 @@ def _ask_router(config: Config, url: str | None, account_id: str
     try:
         client = _client(config, url)
         return client.get("/api/accounts/" + urllib.parse.quote(account_id, safe="")), None
+    except NoRouter as e:
+        why = f"no router answers at {e.url} ({e.reason}) to check the id"
     except ConfigError as e:
-        return None, (f"note: the id was not checked ({e}); it applies to the account "
-                      "with this id once one exists")
+        why = f"the id was not checked ({e})"
+    return None, f"note: {why}; it applies to the account with this id once one exists"
 
 
 def _write(config: Config, account_id: str, action: str) -> None:
