@@ -94,7 +94,6 @@ class AccountAdmin:
                 await account.reset()
             except Exception:  # the reset is stored; the answer shows the state
                 _log.failure("Resetting account {id} failed", id=account.id)
-        _log.info("Account {id}: {action} by the admin API", id=account.id, action=action)
         return self.show(account.id)
 
 

@@ -206,7 +206,6 @@ class ControlsBook:
                 continue
             if control.reset_at > self._resets_seen.get(account.id, -1):
                 self._resets_seen[account.id] = control.reset_at
-                _log.info("Account {id} is reset by the operator", id=account.id)
                 # not awaited: a slow credential read must not hold up the pollers
                 Deferred.fromCoroutine(_reset(account))
 

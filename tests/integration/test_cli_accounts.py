@@ -63,14 +63,29 @@ class CLIAccountsTests(TestCase):
         return time.monotonic() - started
 
     async def test_list(self) -> None:
-        """The table has the router's account and its status; --json is the API's."""
-        await self.start()
+        """
+        The table has the router's account, its status, the utilization the upstream
+        reported with each window's reset, and its requests; --json is the API's.
+        """
+        running = await self.start()
+        reset = int(time.time()) // 60 * 60 + 3 * 3600
+        day, minute = time.strftime("%m-%d %H:%MZ", time.gmtime(reset)).split()
+        running.upstream.respond = lambda seen: Recorded(200, (
+            ("content-type", "application/json"),
+            ("anthropic-ratelimit-unified-5h-utilization", "0.42"),
+            ("anthropic-ratelimit-unified-5h-reset", str(reset)),
+            ("anthropic-ratelimit-unified-7d-utilization", "0.07")), b'{"data": []}')
+        token = (await running.issue())["token"]
+        self.assertEqual((await ask(running, token))[0], 200)
         listed = await self.cli("accounts", "list")
         self.assertEqual((listed.status, listed.err), (0, ""))
         header, row = listed.out.splitlines()
-        self.assertEqual(header.split()[:4], ["id", "name", "kind", "status"])
-        self.assertEqual(row.split()[0], self.account_id)
-        self.assertIn("ok", row.split())
+        self.assertEqual(header.split(), ["id", "name", "kind", "status", "5h", "7d",
+                                          "requests", "last_used", "reason"])
+        cells = row.split()
+        self.assertEqual(cells[0], self.account_id)
+        self.assertEqual(cells[3:10], ["ok", "42%", "(resets", day, minute + ")", "7%", "1"])
+        self.assertEqual(row.index("42%"), header.index("5h"))
         as_json = await self.cli("accounts", "list", "--json")
         self.assertEqual([a["id"] for a in as_json.json()["accounts"]], [self.account_id])
 

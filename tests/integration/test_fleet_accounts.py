@@ -8,7 +8,6 @@ reaches both (DESIGN §10, operator control).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.threads import deferToThread
@@ -16,9 +15,9 @@ from twisted.trial.unittest import TestCase
 
 from linkrouter.testing import FakeAnthropic, load_answers
 
-from ..harness import ADMIN_KEY, OAUTH_TOKEN, RESPONSES, start_upstream, write_claude_home
+from ..harness import ADMIN_KEY, OAUTH_TOKEN, RESPONSES, start_upstream
 from ..pg import fresh_database
-from ..processes import RouterProcess, sleep
+from ..processes import RouterProcess, sleep, start_fleet
 from .test_account_controls import API_KEY, credential_used
 from .test_cli import run_process
 from .test_fleet_limits import ask
@@ -31,17 +30,9 @@ class FleetAccountControlTests(TestCase):
         self.database = fresh_database(self)
         self.upstream = FakeAnthropic(load_answers(RESPONSES))
         _, upstream_url = await start_upstream(self, self.upstream)
-        self.base = Path(self.mktemp()).resolve()
-        home = self.base / "claude"
-        write_claude_home(home)
-        routers = [
-            RouterProcess(self, self.base / f"router{i}", "--upstream", upstream_url,
-                          "--claude-code-home", str(home), "--upstream-api-key", API_KEY,
-                          "--database", self.database)
-            for i in range(2)
-        ]
-        for router in routers:
-            await router.ready()
+        routers, home = await start_fleet(self, 2, upstream_url, "--upstream-api-key",
+                                          API_KEY, "--database", self.database)
+        self.base = home.parent
         return routers
 
     async def status_within(self, router: RouterProcess, account_id: str, status: str,

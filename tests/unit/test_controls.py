@@ -189,7 +189,7 @@ class ControlsBookTests(SQLiteBackend, SynchronousTestCase):
         self.poll()
         self.assertEqual(self.book.control(later.id).disabled, True)  # type: ignore[union-attr]
         later.cooling_until = NOW + 3600
-        self.pool.accounts.append(later)
+        self.pool.add(later)
         self.poll()
         self.assertEqual((later.disabled, later.cooling_until), (True, NOW + 3600))
 
