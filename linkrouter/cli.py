@@ -34,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from linkrouter.cliaccounts import AccountsOptions, accounts
+from linkrouter.cliaccounts import AccountsOptions, RouterClient, accounts, router_url
 from linkrouter.clitokens import TokensOptions, tokens
 from linkrouter.cliusage import UsageOptions, usage_report
 from linkrouter.config import Config
@@ -189,6 +189,39 @@ def with_admin(config: Config, command: Callable[[TokenAdmin], Coroutine[Any, An
         connection.close()
 
 
+def with_store(config: Config, command: Callable[[TokenStore], Any]) -> Any:
+    """C{command(store)} (awaited) on the daemon's store, then close the store."""
+    database = _existing_store(config)
+    try:
+        prepare(database)
+        connection = database.connect()
+    except StoreError as e:
+        raise ConfigError("--database", str(e)) from None
+
+    async def run() -> Any:
+        return await command(TokenStore(database.queries(), BlockingRunner(connection)))
+
+    try:
+        return run_now(run())
+    finally:
+        connection.close()
+
+
+def _accounts(config: Config, options: usage.Options, out: TextIO) -> int:
+    """C{accounts}, with the router's address and admin key and the daemon's store."""
+
+    def router(url: str | None) -> RouterClient:
+        option = "--admin-listen" if config.admin_listen else "--listen"
+        where = router_url(url, (config.admin_listen or config.listen)[0], option)
+        key, _ = find_secret(config, "admin_key")
+        return RouterClient(where, key)
+
+    def write(account_id: str, disabled: bool | None, reset_at: int | None, at: int) -> None:
+        with_store(config, lambda store: store.set_control(account_id, disabled, reset_at, at))
+
+    return accounts(options, out, router, write)
+
+
 def _mode(path: os.PathLike[str] | str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
@@ -326,7 +359,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     try:
         if options.subCommand == "accounts":
-            return accounts(options.config, options.subOptions, out)
+            return _accounts(options.config, options.subOptions, out)
         command = {"tokens": tokens, "usage": usage_report}.get(options.subCommand or "")
         if command is not None:
             sub = options.subOptions

@@ -12,6 +12,8 @@ and reach every router of a fleet within two seconds (L{linkrouter.controls}). W
 router answers, it is asked first whether it has the account: an id it does not know is
 refused (404) and nothing is written. When none answers, any well-formed id is written:
 it applies to the account with that id once one exists.
+
+The console script (L{linkrouter.cli}) hands in the router's client and the store.
 """
 
 from __future__ import annotations
@@ -19,16 +21,17 @@ from __future__ import annotations
 import json
 import re
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from attrs import frozen
 from twisted.python import usage
 
-from linkrouter.config import Config
 from linkrouter.errors import APIError
 from linkrouter.labels import escaped
 from linkrouter.parsing import ConfigError
@@ -43,6 +46,12 @@ class _RouterOptions(usage.Options):
     optParameters = [["url", None, None,
                       "The router's admin API, e.g. http://127.0.0.1:8080 (default: the "
                       "first --admin-listen, else --listen, address)."]]
+
+    def postOptions(self) -> None:
+        url = self["url"]
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise usage.UsageError(f"--url {escaped(url, 80)!r}: give an http:// or "
+                                   "https:// URL")
 
 
 class ListOptions(_RouterOptions):
@@ -122,19 +131,17 @@ def listen_url(description: str) -> str | None:
     return f"{'https' if kind == 'ssl' else 'http'}://{host}:{port}"
 
 
-def router_url(config: Config, given: str | None) -> str:
-    """C{--url}, else the URL of the first admin (else client) listener."""
+def router_url(given: str | None, listener: str, option: str) -> str:
+    """
+    C{--url} (C{given}), else the URL of C{listener}, the first admin (else client)
+    listener, given by C{option}.
+    """
     if given:
-        if not given.startswith(("http://", "https://")):
-            raise ConfigError("--url", f"{escaped(given, 80)!r} is not an http:// or "
-                                       "https:// URL")
         return given.rstrip("/")
-    first = (config.admin_listen or config.listen)[0]
-    found = listen_url(first)
+    found = listen_url(listener)
     if found is None:
-        option = "--admin-listen" if config.admin_listen else "--listen"
         raise ConfigError("--url", f"cannot tell the router's address from {option} "
-                                   f"{first!r}; give --url http://HOST:PORT")
+                                   f"{listener!r}; give --url http://HOST:PORT")
     return found
 
 
@@ -153,7 +160,8 @@ class RouterClient:
         @raise ConfigError: no router answers (naming C{--url}).
         @raise APIError: the router's own refusal (its status, type and message).
         """
-        ask = urllib.request.Request(self.url + path, headers={  # noqa: S310 (http(s) only)
+        # --url is http(s) only (checked with the command line)
+        ask = urllib.request.Request(self.url + path, headers={  # noqa: S310
             "Authorization": "Bearer " + self.key, "Accept": "application/json"})
         context = None
         if self.url.startswith("https://") and _loopback(self.url):
@@ -196,14 +204,6 @@ def _refusal(url: str, error: urllib.error.HTTPError) -> APIError:
         kind, message = "api_error", f"HTTP {error.code}"
     return APIError(error.code, f"the router at {url} says: {escaped(str(message), 300)}",
                     str(kind))
-
-
-def _client(config: Config, given_url: str | None) -> RouterClient:
-    from linkrouter.state import find_secret
-
-    url = router_url(config, given_url)
-    key, _ = find_secret(config, "admin_key")
-    return RouterClient(url, key)
 
 
 # -- the table ------------------------------------------------------------------------
@@ -264,11 +264,17 @@ _DONE = {
 }
 
 
-def accounts(config: Config, options: usage.Options, out: TextIO) -> int:
+#: C{router(url)}: the client of the router at C{--url} (C{None}: the default).
+Router = Callable[[str | None], RouterClient]
+#: C{write(account_id, disabled, reset_at, at)}: the control, written to the store.
+Write = Callable[[str, bool | None, int | None, int], object]
+
+
+def accounts(options: usage.Options, out: TextIO, router: Router, write: Write) -> int:
     """Run one C{accounts} subcommand; its exit status."""
     command, sub = options.subCommand, options.subOptions
     if command == "list":
-        document = _client(config, sub["url"]).get("/api/accounts")
+        document = router(sub["url"]).get("/api/accounts")
         if sub["json"]:
             out.write(json.dumps(document, indent=2) + "\n")
         else:
@@ -276,8 +282,10 @@ def accounts(config: Config, options: usage.Options, out: TextIO) -> int:
         return 0
     assert command in _DONE
     account_id: str = sub["id"]
-    known, note = _ask_router(config, sub["url"], account_id)
-    _write(config, account_id, command)
+    known, note = _ask_router(router, sub["url"], account_id)
+    now = int(time.time())
+    write(account_id, {"disable": True, "enable": False}.get(command),
+          now if command == "reset" else None, now)
     name = known.get("name") if known else None
     who = account_id + (f" ({escaped(str(name), 80)})" if name else "")
     out.write(_DONE[command].format(who=who) + "\n")
@@ -286,7 +294,7 @@ def accounts(config: Config, options: usage.Options, out: TextIO) -> int:
     return 0
 
 
-def _ask_router(config: Config, url: str | None, account_id: str
+def _ask_router(router: Router, url: str | None, account_id: str
                 ) -> tuple[dict[str, Any] | None, str | None]:
     """
     The router's view of the account, or a note saying why none was had.
@@ -294,38 +302,10 @@ def _ask_router(config: Config, url: str | None, account_id: str
     @raise APIError: the router answers and has no such account (nothing is written).
     """
     try:
-        client = _client(config, url)
+        client = router(url)
         return client.get("/api/accounts/" + urllib.parse.quote(account_id, safe="")), None
     except NoRouter as e:
         why = f"no router answers at {e.url} ({e.reason}) to check the id"
     except ConfigError as e:
         why = f"the id was not checked ({e})"
     return None, f"note: {why}; it applies to the account with this id once one exists"
-
-
-def _write(config: Config, account_id: str, action: str) -> None:
-    """The control, written to the daemon's store."""
-    import time
-
-    from linkrouter.cli import _existing_store, run_now
-    from linkrouter.database import StoreError
-    from linkrouter.store import BlockingRunner, TokenStore, prepare
-
-    database = _existing_store(config)
-    try:
-        prepare(database)
-        connection = database.connect()
-    except StoreError as e:
-        raise ConfigError("--database", str(e)) from None
-    try:
-        store = TokenStore(database.queries(), BlockingRunner(connection))
-        now = int(time.time())
-        disabled = {"disable": True, "enable": False}.get(action)
-
-        async def write() -> object:
-            return await store.set_control(account_id, disabled,
-                                           now if action == "reset" else None, now)
-
-        run_now(write())
-    finally:
-        connection.close()

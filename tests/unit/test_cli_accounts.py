@@ -14,7 +14,6 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from linkrouter import cliaccounts
-from linkrouter.config import resolve
 from linkrouter.parsing import ConfigError
 
 from .test_cli import CLIHarness
@@ -49,25 +48,19 @@ class ListenURLTests(SynchronousTestCase):
 class RouterURLTests(SynchronousTestCase):
     """C{--url}, else the first admin listener, else the first client listener."""
 
-    def test_defaults(self) -> None:
-        self.assertEqual(cliaccounts.router_url(resolve({}, {"ROUTER_PORT": "9100"}), None),
+    def test_given(self) -> None:
+        self.assertEqual(cliaccounts.router_url("https://router.example/", "unix:/x",
+                                                "--listen"), "https://router.example")
+        self.assertEqual(cliaccounts.router_url(None, "tcp:9100", "--listen"),
                          "http://127.0.0.1:9100")
-        config = resolve({"listen": ["tcp:8080"],
-                          "admin_listen": ["tcp:9901:interface=\\:\\:1"]}, {})
-        self.assertEqual(cliaccounts.router_url(config, None), "http://[::1]:9901")
-        self.assertEqual(cliaccounts.router_url(config, "https://router.example/"),
-                         "https://router.example")
 
     def test_cannot_tell(self) -> None:
-        """No URL to tell, or a --url that is not http(s): an error naming --url."""
-        config = resolve({"listen": ["unix:/run/l.sock"]}, {})
+        """No URL to tell: an error naming --url and the listener."""
         with self.assertRaises(ConfigError) as caught:
-            cliaccounts.router_url(config, None)
-        self.assertIn("--url: cannot tell the router's address from --listen",
-                      str(caught.exception))
-        with self.assertRaises(ConfigError) as caught:
-            cliaccounts.router_url(config, "file:///etc/passwd")
-        self.assertTrue(str(caught.exception).startswith("--url:"))
+            cliaccounts.router_url(None, "unix:/run/l.sock", "--admin-listen")
+        self.assertEqual(str(caught.exception),
+                         "--url: cannot tell the router's address from --admin-listen "
+                         "'unix:/run/l.sock'; give --url http://HOST:PORT")
 
 
 ACCOUNT = {
@@ -146,11 +139,16 @@ class CLIAccountsTests(CLIHarness, SynchronousTestCase):
         self.environ["ROUTER_PORT"] = "1"
         outcome = self.cli("accounts", "list", "--json")
         self.assertFailed(outcome, f"no router answers at {NOWHERE}")
+        self.environ["LINKROUTER_ADMIN_LISTEN"] = "unix:/run/linkrouter-admin.sock"
+        outcome = self.cli("accounts", "list")
+        self.assertFailed(outcome, "--url: cannot tell the router's address from "
+                                   "--admin-listen 'unix:/run/linkrouter-admin.sock'")
 
     def test_bad_command_line(self) -> None:
         """No subcommand, or an id that cannot be one: a usage error, nothing written."""
         for argv in (["accounts"], ["accounts", "disable"],
-                     ["accounts", "disable", "no/such id"], ["accounts", "reset", "-x"]):
+                     ["accounts", "disable", "no/such id"], ["accounts", "reset", "-x"],
+                     ["accounts", "enable", "api-key-1", "--url", "file:///etc/passwd"]):
             outcome = self.cli(*argv)
             self.assertEqual((outcome.status, outcome.out), (2, ""), argv)
             self.assertTrue(outcome.err.startswith("linkrouter: error:"), outcome.err)
