@@ -37,7 +37,16 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from common import LOOPBACK, RESPONSES, cpu_seconds, fetch, free_port, ratio, say
+from common import (
+    LOOPBACK,
+    RESPONSES,
+    cpu_seconds,
+    fetch,
+    free_port,
+    ratio,
+    say,
+    waited_seconds,
+)
 from measure import Measure, Request, choose_loadgen, loadgen_label
 from processes import Failed, Processes, script
 from report import ACCESS_RE, TROUBLE_RE, source_fingerprint
@@ -135,6 +144,11 @@ def shown_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+def busy(row: dict[str, float]) -> str:
+    """The router's busy and waiting shares of a load's time, e.g. C{98%/1%}."""
+    return f"{row['busy']:.0%}/{row['waited']:.0%}"
+
+
 def spread(values: list[float]) -> str:
     """min-max around the median, as a percentage of the median."""
     mid = statistics.median(values)
@@ -192,9 +206,9 @@ class Bench:
     def one(self, label: str, connections: int, duration: int) -> dict[str, float]:
         """One load run with C{label}'s token; its requests/s and router CPU per request."""
         pid = self.stack.router.process.pid
-        before = cpu_seconds(pid)
+        before, waited = cpu_seconds(pid), waited_seconds(pid)
         result = self.measures[label].load(self.stack.router.port, connections, duration, 0)
-        cpu = cpu_seconds(pid) - before
+        cpu, waited = cpu_seconds(pid) - before, waited_seconds(pid) - waited
         self.abandoned += connections
         if result["non2xx"] or result["errors"] or not result["requests"]:
             self.findings.append(
@@ -202,11 +216,12 @@ class Bench:
                 f"{result['non2xx']} non-2xx {result.get('statuses', '')}, "
                 f"{result['errors']} errors {result.get('error_kinds') or ''}".rstrip())
         requests = result["requests"]
-        # The share of its CPU the router used over wrk's measured time: below ~95% at 10
-        # and 100 connections means something else took its core for a while.
-        busy = cpu * result["rps"] / requests if requests else 0.0
+        # Shares of wrk's measured time: the router on its CPU, and the router runnable but
+        # waiting for it (something else had its core).
+        seconds = requests / result["rps"] if requests else float(duration)
         return {"rps": result["rps"], "us": cpu / requests * 1e6 if requests else 0.0,
-                "requests": requests, "cpu": cpu, "busy": busy}
+                "requests": requests, "cpu": cpu, "busy": cpu / seconds,
+                "waited": waited / seconds}
 
     def level(self, connections: int) -> None:
         """Warm up, then the interleaved rounds at one concurrency, then its summary."""
@@ -219,7 +234,7 @@ class Bench:
         rows: dict[str, list[dict[str, float]]] = {FREE: [], LIMITED: []}
         say(f"{'round':<7}{'free req/s':>12}{'limited req/s':>15}{'ratio':>8}"
             f"{'free CPU us/req':>17}{'limited CPU us/req':>20}{'ratio':>8}"
-            f"{'free busy':>11}{'limited busy':>14}")
+            f"{'busy/waited: free':>19}{'limited':>10}")
         for n in range(args.rounds):
             for label in (FREE, LIMITED) if n % 2 == 0 else (LIMITED, FREE):
                 rows[label].append(self.one(label, connections, args.duration))
@@ -227,7 +242,7 @@ class Bench:
             say(f"{n + 1:<7}{free['rps']:>12.0f}{limited['rps']:>15.0f}"
                 f"{ratio(limited['rps'], free['rps']):>8}{free['us']:>17.0f}"
                 f"{limited['us']:>20.0f}{ratio(limited['us'], free['us']):>8}"
-                f"{free['busy']:>11.0%}{limited['busy']:>14.0%}")
+                f"{busy(free):>19}{busy(limited):>10}")
         self.summary(connections, rows)
 
     def summary(self, connections: int, rows: dict[str, list[dict[str, float]]]) -> None:

@@ -177,6 +177,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of stat(5)
 
 
+def waited_seconds(pid: int) -> float:
+    """
+    How long the process's threads were runnable but waiting for a CPU, in seconds (the
+    run_delay of each C{/proc/PID/task/TID/schedstat}; threads that ended are not in it).
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 def listen_overflows() -> int | None:
     """The kernel's count of connections dropped because an accept queue was full."""
     with contextlib.suppress(OSError, ValueError, StopIteration):
