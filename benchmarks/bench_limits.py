@@ -185,7 +185,7 @@ class Bench:
             f"(pid {stack.router.process.pid}); token store: "
             f"{shown_url(database) if database else 'SQLite in the data directory'}")
         stack.issue(FREE, None)
-        limited = stack.issue(LIMITED, LIMITS)
+        limited = stack.issue(LIMITED, args.limits)
         stack.issue("probe", PROBE_LIMITS)
         say(f"tokens: {FREE} (no limits), {LIMITED} {json.dumps(limited.get('limits'))}")
         for label in (FREE, LIMITED):
@@ -346,6 +346,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     store.add_argument("--postgresql", action="store_true",
                        help=f"create a fresh database on {PG_SERVER} for the router, "
                             "dropped at the end")
+    parser.add_argument("--limits", type=json.loads, default=LIMITS, metavar="JSON",
+                        help="the limited token's limits instead of the default (e.g. "
+                             "without rpm, to see what each limit costs)")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
                         help="wrk when installed (auto), or the built-in client")
     parser.add_argument("--no-pin", action="store_true",
