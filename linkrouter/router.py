@@ -40,6 +40,7 @@ from linkrouter.health import Health
 from linkrouter.journal import NAME as JOURNAL_NAME
 from linkrouter.journal import Journal
 from linkrouter.limitsbook import LimitsBook
+from linkrouter.managedbook import ManagedBook, managed_book
 from linkrouter.metrics import Metrics
 from linkrouter.oauth import TokenEndpoint
 from linkrouter.outage import Outage
@@ -50,6 +51,7 @@ from linkrouter.proxy import Proxy
 from linkrouter.relay import Streams
 from linkrouter.resource import admin_tree, build_tree
 from linkrouter.revocations import RevocationCache
+from linkrouter.sealing import AccountKey
 from linkrouter.spendbook import SpendBook
 from linkrouter.state import Secrets, load_secrets
 from linkrouter.store import TokenStore, prepare
@@ -79,6 +81,8 @@ class Router:
     streams: Streams
     admitter: Admitter
     accounts: AccountAdmin
+    #: The managed accounts (in the store) and their place in C{pool}.
+    managed: ManagedBook
 
     def _problem(self) -> str | None:
         """Why tokens are refused now (revocations or limits unknown), or C{None}."""
@@ -130,8 +134,9 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
     secrets = load_secrets(config)
     for path in secrets.generated:
         _log.info("Generated a new secret file (mode 0600): {path}", path=str(path))
-    _log.info("Token secret from {source}; admin key from {admin}",
-              source=secrets.token_secret_source, admin=secrets.admin_key_source)
+    _log.info("Token secret from {source}; admin key from {admin}; account key from "
+              "{account}", source=secrets.token_secret_source, admin=secrets.admin_key_source,
+              account=secrets.account_key_source)
 
     store, runner, revocations, usage, books = _token_store(config, reactor)
     authority = TokenAuthority(secrets.token_secret.encode("utf-8"), reactor)
@@ -161,13 +166,23 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
     usage.metrics = metrics
     fleet = FleetRpm(runner) if Database(config.database).kind == "postgresql" else None
     admitter = Admitter(Policy(reactor), books.limits, books.spend, metrics, fleet)
+
+    def refreshed(outcome: str) -> None:
+        metrics.refreshes.labels(outcome).inc()
+
     for account in accounts.accounts:
-        account.on_refresh = lambda outcome: metrics.refreshes.labels(outcome).inc()
+        account.on_refresh = refreshed
+    managed = managed_book(
+        Database(config.database), runner,
+        AccountKey.from_secret(secrets.account_key, secrets.account_key_source), accounts,
+        reactor, endpoint, config.refresh_margin, refreshed, config.store_timeout,
+        store_up=revocations.loaded_at is not None)
     streams = Streams()
     revocations.subscribe(streams.revoked)
+    account_admin = _account_admin(config, accounts, store, revocations, reactor)
+    managed.on_join = account_admin.book.apply  # a disabled account never serves
     router = Router(config, secrets, store, revocations, usage, gatekeeper, accounts,
-                    upstream, admin, metrics, streams, admitter,
-                    _account_admin(config, accounts, store, revocations, reactor))
+                    upstream, admin, metrics, streams, admitter, account_admin, managed)
     return router, runner, http_pool
 
 

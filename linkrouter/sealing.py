@@ -71,5 +71,5 @@ class AccountKey:
         try:
             return self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], account_id.encode("utf-8"))
         except InvalidTag:
-            raise CannotOpen(f"the {self.source} cannot open it (sealed with another key)"
-                             ) from None
+            raise CannotOpen(f"the account key ({self.source}) cannot open it (sealed with "
+                             "another key)") from None

@@ -153,7 +153,8 @@ def makeService(config: Config, reactor: Any = None,
     router, runner, http_pool = build_router(config, reactor)
     service = RouterService(router, reactor, Notifier(os.environ if environ is None else environ))
     StoreService(runner, router.store, router.revocations, router.usage, reactor,
-                 (router.admitter.limits, router.admitter.spend, router.accounts.book)
+                 (router.admitter.limits, router.admitter.spend, router.managed,
+                  router.accounts.book)
                  ).setServiceParent(service)
     _PoolService(http_pool).setServiceParent(service)
     AccountWatch(router.pool, reactor).setServiceParent(service)
