@@ -12,6 +12,13 @@ addresses (the stalest is forgotten first), so a flood of addresses cannot grow 
 
 The 401 does not say where the admin key is kept (a file path is for the operator, not for
 an anonymous caller); the log does.
+
+A console session (L{linkrouter.console.sessions}) is accepted instead of the key when a
+request carries no C{Authorization} header: its cookie, and for any change its CSRF
+token (else 403). Signing in to the console presents the key in a body
+(L{AdminGuard.check_key}) and counts against the same brake. A live session is not held
+back by its address's lockout: it proved the key before, and guesses from a shared
+address (a reverse proxy) must not sign everyone out.
 """
 
 from __future__ import annotations
@@ -25,14 +32,18 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from linkrouter.console.sessions import SessionTable, session_cookie
 from linkrouter.errors import APIError
 
 MAX_FAILURES = 10
 WINDOW_SECONDS = 60.0
 MAX_ADDRESSES = 10000
+#: Who acted, in the audit trail, when a request carried the admin key.
+ADMIN_KEY_ACTOR = "admin-key"
 
 
-def _address(request: IRequest) -> str:
+def address_of(request: IRequest) -> str:
+    """The client address of C{request}, as the guard and the audit trail name it."""
     peer = request.getClientAddress()
     return str(getattr(peer, "host", None) or getattr(peer, "name", None) or peer)
 
@@ -53,17 +64,50 @@ class AdminGuard:
     max_failures: int = MAX_FAILURES
     window: float = WINDOW_SECONDS
     max_addresses: int = MAX_ADDRESSES
+    #: Console sessions accepted beside the key (None: the key only).
+    sessions: SessionTable | None = None
     _failures: OrderedDict[str, deque[float]] = field(factory=OrderedDict, repr=False)
     _log = Logger()
 
-    def check(self, request: IRequest) -> None:
+    def check(self, request: IRequest) -> str:
         """
-        Return if C{request} carries the admin key.
+        Return who makes C{request} (L{ADMIN_KEY_ACTOR}, or a console session's actor)
+        if it carries the admin key or, with no C{Authorization} header, a live console
+        session (and, to change anything, its CSRF token).
 
         @raise APIError: 429 (with C{retry-after} set) while its address is locked out,
-            else 401 when the key is missing or wrong.
+            403 for a session's change without its CSRF token, else 401 when the key is
+            missing or wrong.
         """
-        address = _address(request)
+        header = request.getHeader(b"authorization")
+        if header is None and self.sessions is not None:
+            cookie = session_cookie(request)
+            session = self.sessions.find(cookie)
+            if session is not None:
+                if not session.allows(request):
+                    raise APIError(
+                        403,
+                        "This change needs the console session's CSRF token in the "
+                        "X-CSRF-Token header; reload the console and try again.",
+                        "permission_error",
+                    )
+                return session.actor
+            if cookie:
+                # A session that ended is not a guess at the key: not counted.
+                raise APIError(401, "The console session has ended; sign in again.",
+                               "authentication_error")
+        scheme, _, presented = (header or b"").partition(b" ")
+        self.check_key(request, presented.strip() if scheme.lower() == b"bearer" else None)
+        return ADMIN_KEY_ACTOR
+
+    def check_key(self, request: IRequest, presented: bytes | None) -> None:
+        """
+        Return if C{presented} is the admin key, from an address not locked out.
+
+        @raise APIError: 429 (with C{retry-after} set) while the address is locked out,
+            else 401 when C{presented} is missing or wrong (counted as a failure).
+        """
+        address = address_of(request)
         now = self.clock.seconds()
         recent = self._recent(address, now)
         if recent is not None and len(recent) >= self.max_failures:
@@ -74,10 +118,8 @@ class AdminGuard:
                 f"Too many wrong admin keys from this address; try again in {wait} s.",
                 "rate_limit_error",
             )
-        header = request.getHeader(b"authorization") or b""
-        scheme, _, presented = header.partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(
-                presented.strip(), self.key.encode("utf-8")):
+        if presented is not None and hmac.compare_digest(presented,
+                                                         self.key.encode("utf-8")):
             self._failures.pop(address, None)
             return
         self._failed(address, now, recent)

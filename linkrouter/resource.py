@@ -7,6 +7,7 @@ The resource tree.
     /v1/...                         Messages dialect (token gate -> proxy)
     /api/latest/anthropic/...       the same, legacy prefix stripped
     /api/tokens[/{id}], /api/accounts   admin API (unless it has listeners of its own)
+    /console/...                    the admin console, where the admin API is (router.py)
     /model/..., /inference-profiles, .../projects/...   Bedrock and Vertex dialects
 
 The site that serves it (its requests, connections and drain) is L{linkrouter.site}.

@@ -28,6 +28,8 @@ from linkrouter.admission import Admitter
 from linkrouter.bedrock import BEDROCK, bedrock_route
 from linkrouter.books import Books, preload
 from linkrouter.config import Config
+from linkrouter.console.pages import console_resource
+from linkrouter.console.sessions import SessionTable
 from linkrouter.controls import ControlsBook
 from linkrouter.controls import preload as preload_controls
 from linkrouter.credentials import claude_homes
@@ -104,7 +106,8 @@ class Router:
             if not self.secrets.admin_key_source.startswith("--")
             else "set by --admin-key"
         )
-        guard = AdminGuard(self.secrets.admin_key, self.admin.clock, hint)
+        sessions = SessionTable(self.admin.clock)
+        guard = AdminGuard(self.secrets.admin_key, self.admin.clock, hint, sessions=sessions)
         admin = admin_resources(self.admin, self.accounts, guard)
         guarded_metrics = MetricsResource(self.metrics, guard)
         separate = bool(config.admin_listen)
@@ -125,6 +128,9 @@ class Router:
         admin_only = admin_tree(admin, guarded_metrics) if separate else None
         if admin_only is not None:
             admin_only.putChild(b"health", health)
+        # The console lives where the admin API does.
+        on_admin = tree if admin_only is None else admin_only
+        on_admin.putChild(b"console", console_resource(admin, guard, sessions))
         return tree, admin_only
 
 
