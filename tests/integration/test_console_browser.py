@@ -2,7 +2,7 @@
 The console in a real Chromium against a running router: sign in, issue a token with
 limits and read it from the page, see it in the list, edit its limits, revoke it; sign
 out; a usage chart after traffic through the router; the console behind a path prefix;
-a thousand tokens listed in well under a second.
+a thousand tokens listed in well under a second; accounts' utilization and controls.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from linkrouter.records import TokenRecord
+from linkrouter.testing import Recorded
 
 from ..browser import open_browser, screenshots_on_failure, sign_in
 from ..harness import ADMIN_KEY, Running, admin_call, start_router
@@ -275,3 +276,62 @@ class ConsolePrefixTests(TestCase):
         seen = await browser.run(prefixed)
         self.assertTrue(seen["url"].startswith(base + "/console/"), seen)
         self.assertEqual(seen["cookies"], [("linkrouter_console", "/team/router/console")])
+
+
+class ConsoleAccountsTests(TestCase):
+    """The accounts page: utilization as reported, and the controls."""
+
+    timeout = 90
+
+    @screenshots_on_failure
+    async def test_utilization_and_controls(self) -> None:
+        """
+        The account shows the 5 h and 7 d utilization the upstream reported, with the 5 h
+        reset; disabling it (after a confirmation) and enabling it again hold on the
+        router, and a reset is acknowledged.
+        """
+        running = await start_router(self)
+        reset = int(time.time()) // 60 * 60 + 3 * 3600
+        running.upstream.respond = lambda seen: Recorded(200, (
+            ("content-type", "application/json"),
+            ("anthropic-ratelimit-unified-5h-utilization", "0.42"),
+            ("anthropic-ratelimit-unified-5h-reset", str(reset)),
+            ("anthropic-ratelimit-unified-7d-utilization", "0.07")), b'{"data": []}')
+        token = (await running.issue())["token"]
+        response = await running.http.get(running.url + "/v1/models",
+                                          headers={"x-api-key": token})
+        await response.content()
+        code, listed = await admin_call(running, "GET", "/api/accounts")
+        (account,) = listed["accounts"]
+        browser = await open_browser(self, running.url)
+        await browser.run(sign_in, running.url, ADMIN_KEY)
+
+        def shown(page: Any) -> dict[str, Any]:
+            page.click("#nav a[data-page=accounts]")
+            card = page.locator(f"article.account[data-account-id='{account['id']}']")
+            expect(card).to_have_attribute("data-status", "ok")
+            five, seven = card.locator("[data-window='5h']"), card.locator("[data-window='7d']")
+            return {"5h": five.get_attribute("data-percent"), "5h text": five.inner_text(),
+                    "7d": seven.get_attribute("data-percent"), "name": card.locator("h2")
+                    .inner_text()}
+
+        def control(page: Any, action: str, status: str, said: str) -> None:
+            card = page.locator(f"article.account[data-account-id='{account['id']}']")
+            card.locator(f"button.{action}").click()
+            if action == "disable":
+                page.locator("dialog.modal button[type=submit]").click()
+            expect(card).to_have_attribute("data-status", status)
+            expect(page.locator("#toast")).to_have_text(f"{said} {account['name']}.")
+
+        seen = await browser.run(shown)
+        self.assertEqual((seen["5h"], seen["7d"]), ("42", "7"))
+        self.assertIn("42%", seen["5h text"])
+        self.assertIn("resets", seen["5h text"])
+        self.assertEqual(seen["name"], account["name"])
+        await browser.run(control, "disable", "disabled", "Disabled")
+        code, listed = await admin_call(running, "GET", "/api/accounts/" + account["id"])
+        self.assertEqual(listed["status"], "disabled")
+        await browser.run(control, "enable", "ok", "Enabled")
+        await browser.run(control, "reset", "ok", "Reset")
+        code, listed = await admin_call(running, "GET", "/api/accounts/" + account["id"])
+        self.assertEqual(listed["status"], "ok")

@@ -36,7 +36,9 @@ function facts(account) {
     ['Kind', account.kind],
     ['Expires', account.expires_at ? `${fmtTime(account.expires_at)} (${fmtRelative(account.expires_at)})` : null],
     ['Cooling until', account.cooling_until ? `${fmtTime(account.cooling_until)} (${fmtRelative(account.cooling_until)})` : null],
-    ['Paused until', account.paused_until ? fmtTime(account.paused_until) : null],
+    ['Paused until', account.paused_until ? `${fmtTime(account.paused_until)} (${fmtRelative(account.paused_until)})` : null],
+    ['Resumes', account.resumes_at && !account.cooling_until && !account.paused_until
+      ? `${fmtTime(account.resumes_at)} (${fmtRelative(account.resumes_at)})` : null],
     ['Requests', fmtInt(account.requests ?? account.requests_served ?? 0)],
     ['Last used', account.last_used_at ? fmtTime(account.last_used_at) : null],
     ['Source', account.source],
