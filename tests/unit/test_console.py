@@ -56,6 +56,46 @@ class TLSTransport(StringTransport):
         pass
 
 
+class Console:
+    """The console's tree in a site on a fake clock, spoken to in raw HTTP/1.1."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.sessions = SessionTable(self.clock)
+        self.guard = AdminGuard(KEY, self.clock, sessions=self.sessions)
+        self.told: list[tuple[str, str | None, str]] = []
+        root = Resource()
+        root.putChild(b"console", console_resource(
+            {}, self.guard, self.sessions,
+            on_session=lambda request, *event: self.told.append(event)))
+        self.site = Site(root, reactor=self.clock)
+
+    def send(self, method: bytes, path: bytes, body: object = None, *headers: bytes,
+             secure: bool = False) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+        """One request on a new connection: the status, headers and body answered."""
+        kind = TLSTransport if secure else StringTransport
+        transport = kind(peerAddress=IPv4Address("TCP", "10.0.0.7", 4000))
+        channel = self.site.buildProtocol(None)
+        channel.makeConnection(transport)
+        data = b"" if body is None else json.dumps(body).encode()
+        lines = b"".join(h + b"\r\n" for h in headers)
+        if body is not None:
+            lines += b"Content-Type: application/json\r\n"
+        channel.dataReceived(b"%s %s HTTP/1.1\r\nHost: r\r\n%sContent-Length: %d\r\n\r\n%s"
+                             % (method, path, lines, len(data), data))
+        head, _, answer = transport.value().partition(b"\r\n\r\n")
+        status_line, *header_lines = head.split(b"\r\n")
+        found: dict[bytes, list[bytes]] = {}
+        for line in header_lines:
+            name, _, value = line.partition(b": ")
+            found.setdefault(name.lower(), []).append(value)
+        return int(status_line.split()[1]), found, answer
+
+    def cookie(self, headers: dict[bytes, list[bytes]]) -> bytes:
+        """The C{Cookie} request header for the cookie set in C{headers}."""
+        return b"Cookie: " + headers[b"set-cookie"][0].split(b";")[0]
+
+
 class SessionTableTests(SynchronousTestCase):
     """Sessions end when idle, when old, when closed, and when too many are open."""
 
@@ -138,24 +178,11 @@ class CookieTests(SynchronousTestCase):
 
     def sign_in(self, secure: bool) -> list[bytes]:
         """The Set-Cookie of a sign-in over a plain or a TLS connection."""
-        clock = Clock()
-        sessions = SessionTable(clock)
-        guard = AdminGuard(KEY, clock, sessions=sessions)
-        root = Resource()
-        root.putChild(b"console", console_resource({}, guard, sessions))
-        site = Site(root, reactor=clock)
-        kind = TLSTransport if secure else StringTransport
-        transport = kind(peerAddress=IPv4Address("TCP", "10.0.0.7", 4000))
-        channel = site.buildProtocol(None)
-        channel.makeConnection(transport)
-        body = json.dumps({"key": KEY}).encode()
-        channel.dataReceived(
-            b"POST /console/session HTTP/1.1\r\nHost: r\r\nContent-Type: application/json"
-            b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        head = transport.value().split(b"\r\n\r\n")[0].split(b"\r\n")
-        self.assertTrue(head[0].startswith(b"HTTP/1.1 200"), head)
-        return [line.split(b": ", 1)[1] for line in head
-                if line.lower().startswith(b"set-cookie:")]
+        console = Console()
+        status, headers, _ = console.send(b"POST", b"/console/session", {"key": KEY},
+                                          secure=secure)
+        self.assertEqual(status, 200)
+        return headers.get(b"set-cookie", [])
 
     def test_flags(self) -> None:
         """HttpOnly, SameSite=Strict and an expiry always; Secure over TLS only; no Path."""
@@ -164,6 +191,42 @@ class CookieTests(SynchronousTestCase):
             attributes = [a.strip() for a in cookie.split(b";")[1:]]
             expected = [b"Max-Age=%d" % LIFETIME_SECONDS, b"HttpOnly", b"SameSite=Strict"]
             self.assertEqual(attributes, expected + ([b"Secure"] if secure else []))
+
+
+class ConsoleSessionTests(SynchronousTestCase):
+    """The session endpoint on a fake clock: expiry, and what the audit trail is told."""
+
+    def test_expiry(self) -> None:
+        """A session unused for an hour is over: GET /console/session is 401 again."""
+        console = Console()
+        status, headers, body = console.send(b"POST", b"/console/session", {"key": KEY})
+        cookie = console.cookie(headers)
+        console.clock.advance(IDLE_SECONDS - 10)
+        self.assertEqual(console.send(b"GET", b"/console/session", None, cookie)[0], 200)
+        console.clock.advance(IDLE_SECONDS - 10)
+        status, _, answer = console.send(b"GET", b"/console/session", None, cookie)
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(answer)["expires_in"], IDLE_SECONDS)
+        console.clock.advance(IDLE_SECONDS + 1)
+        self.assertEqual(console.send(b"GET", b"/console/session", None, cookie)[0], 401)
+
+    def test_told(self) -> None:
+        """Sign-ins (refused ones too) and sign-outs are told, with the session's actor."""
+        console = Console()
+        self.assertEqual(console.send(b"POST", b"/console/session", {"key": "no"})[0], 401)
+        status, headers, body = console.send(b"POST", b"/console/session", {"key": KEY})
+        session = console.sessions.find(headers[b"set-cookie"][0].split(b";")[0]
+                                        .partition(b"=")[2])
+        assert session is not None
+        status, _, _ = console.send(b"DELETE", b"/console/session", None,
+                                    console.cookie(headers),
+                                    b"X-CSRF-Token: " + session.csrf.encode())
+        self.assertEqual(status, 200)
+        self.assertEqual(console.told, [
+            ("console.signin", None, "refused"),
+            ("console.signin", session.actor, "ok"),
+            ("console.signout", session.actor, "ok"),
+        ])
 
 
 class GuardSessionTests(SynchronousTestCase):
