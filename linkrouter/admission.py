@@ -84,7 +84,8 @@ class Admitter:
         spend = self.spend.spend(token_id, limits.budget_usd) if limits.budget_usd \
             else _NO_SPEND
         # One admission per request: under the first model the rule refuses, if any.
-        model = next((m for m in models if not limits.allows_model(m)), models[0])
+        model = models[0] if len(models) == 1 else next(
+            (m for m in models if not limits.allows_model(m)), models[0])
         verdict = self.policy.admit(token_id, limits, model, spend)
         if not isinstance(verdict, Refusal) and limits.rpm is not None \
                 and self.fleet is not None:
@@ -141,40 +142,37 @@ def body_models(request: IRequest, body: BinaryIO) -> list[str | None]:
     if not raw.strip():
         return [None]
     try:
-        document = json.loads(raw, object_pairs_hook=_once)
-    except _Twice as e:
-        raise bad_request(f"The request body names {e.args[0]!r} more than once.") from None
+        # Objects come back as lists of (key, value) pairs (the hook is C's list: no
+        # Python call per object), so a repeated key is still there to be seen.
+        document = json.loads(raw, object_pairs_hook=list)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return [None]  # not JSON: it names no model (the upstream refuses it if it must)
-    if not isinstance(document, dict):
+    top = _pairs(document)
+    if top is None:
         return [None]
-    found: list[str | None] = []
-    if "model" in document:
-        found.append(_model(document["model"]))
-    requests = document.get("requests")
-    if isinstance(requests, list):
-        for item in requests:
-            params = item.get("params") if isinstance(item, dict) else None
-            if isinstance(params, dict) and "model" in params:
-                found.append(_model(params["model"]))
+    found: list[str | None] = [_model(v) for v in _values(top, "model")]
+    for requests in _values(top, "requests"):
+        for item in requests if isinstance(requests, list) else ():
+            for params in _values(_pairs(item) or [], "params"):
+                found.extend(_model(v) for v in _values(_pairs(params) or [], "model"))
     return found or [None]
+
+
+def _pairs(value: Any) -> list[tuple[str, Any]] | None:
+    """A decoded JSON object (a list of pairs), else C{None}."""
+    if isinstance(value, list) and all(type(p) is tuple for p in value):
+        return value
+    return None
+
+
+def _values(pairs: list[tuple[str, Any]], key: str) -> list[Any]:
+    """The value of C{key} in an object; a key given twice is refused."""
+    values = [v for k, v in pairs if k == key]
+    if len(values) > 1:
+        raise bad_request(f"The request body names {key!r} more than once.")
+    return values
 
 
 def _model(value: Any) -> str:
     """A model field as the rule sees it: a non-string is a model no rule allows."""
     return value if isinstance(value, str) else json.dumps(value)[:100]
-
-
-class _Twice(ValueError):
-    pass
-
-
-def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(keys) != len(set(keys)):
-        seen: set[str] = set()
-        for key in keys:
-            if key in seen and key in ("model", "requests", "params"):
-                raise _Twice(key)
-            seen.add(key)
-    return dict(pairs)

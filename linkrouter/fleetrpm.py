@@ -38,24 +38,32 @@ class Verdict:
     retry_after: int
 
 
+#: One statement after the lock: forget the token's admits older than the window, count
+#: the rest, and record this one if there is room (all by the server's clock).
+_ADMIT = f"""
+WITH now AS (SELECT {_NOW} AS t),
+     gone AS (DELETE FROM rpm_admits WHERE token_id = %(id)s
+              AND at <= (SELECT t FROM now) - {WINDOW}),
+     seen AS (SELECT COUNT(*) AS n, MIN(at) AS oldest FROM rpm_admits, now
+              WHERE token_id = %(id)s AND at > now.t - {WINDOW}),
+     added AS (INSERT INTO rpm_admits (token_id, at)
+               SELECT %(id)s, now.t FROM now, seen WHERE seen.n < %(rpm)s RETURNING 1)
+SELECT seen.n, seen.oldest, now.t, (SELECT COUNT(*) FROM added) FROM seen, now
+"""
+
+
 def admit_rpm(cursor: _Cursor, token_id: str, rpm: int) -> Verdict:
     """
     Admit one request of C{token_id} if fewer than C{rpm} were admitted fleet-wide in the
-    trailing minute (PostgreSQL; one transaction).
+    trailing minute (PostgreSQL; one transaction, two statements).
     """
     cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("rpm:" + token_id,))
-    cursor.execute(f"SELECT {_NOW}")
-    now = float(cursor.fetchone()[0])
-    cursor.execute("DELETE FROM rpm_admits WHERE token_id = %s AND at <= %s",
-                   (token_id, now - WINDOW))
-    cursor.execute("SELECT COUNT(*), MIN(at) FROM rpm_admits WHERE token_id = %s",
-                   (token_id,))
-    count, oldest = cursor.fetchone()
+    cursor.execute(_ADMIT, {"id": token_id, "rpm": rpm})
+    count, oldest, now, added = cursor.fetchone()
     count = int(count)
-    if count < rpm:
-        cursor.execute("INSERT INTO rpm_admits (token_id, at) VALUES (%s, %s)", (token_id, now))
+    if added:
         return Verdict(True, count + 1, 0)
-    retry = max(1, math.ceil(float(oldest) + WINDOW - now)) if oldest is not None else 1
+    retry = max(1, math.ceil(float(oldest) + WINDOW - float(now))) if oldest is not None else 1
     return Verdict(False, count, retry)
 
 

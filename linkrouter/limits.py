@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
-from fnmatch import fnmatchcase
+from fnmatch import translate
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -77,7 +79,7 @@ class Limits:
         """
         if model is None or not self.models:
             return True
-        return any(fnmatchcase(model, pattern) for pattern in self.models)
+        return _matcher(self.models)(model) is not None
 
     @property
     def counted(self) -> bool:
@@ -118,6 +120,12 @@ class Limits:
             budget_usd=_budgets(obj.get("budget_usd"), f"{field}.budget_usd"),
             models=_patterns(obj.get("models"), f"{field}.models"),
         )
+
+
+@lru_cache(maxsize=1024)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], object]:
+    """One compiled regular expression for a token's model patterns (fnmatchcase rules)."""
+    return re.compile("|".join(f"(?:{translate(p)})" for p in patterns)).match
 
 
 def _json_number(value: Decimal) -> int | float:

@@ -33,6 +33,8 @@ HOUR = 3600
 #: How far back spend is kept: the longest window and the hour it starts in.
 KEPT_SECONDS = max(WINDOWS.values()) + HOUR
 RESYNC_SECONDS = 600.0
+#: How many tokens' window sums are remembered at once.
+MAX_SUMS = 10_000
 #: An incremental poll re-reads token-hours written this many seconds before the last
 #: good poll started (clock skew between instances, commits that land late).
 OVERLAP_SECONDS = 120
@@ -67,30 +69,43 @@ class SpendBook:
     _view: dict[str, Hours] = field(factory=dict)
     _local: list[_Local] = field(factory=lambda: [_Local()])
     _full_at: float | None = None
+    #: Per token: the hour, the windows and the sums last computed for them.
+    _sums: dict[str, tuple[int, tuple[str, ...], Mapping[str, Decimal]]] = field(factory=dict)
     _log = Logger()
 
     def __attrs_post_init__(self) -> None:
         if self.outage is None:
             self.outage = Outage(self.clock, "spend", "budgets use the spend already known")
 
-    def spend(self, token_id: str, windows: Iterable[str]) -> dict[str, Decimal]:
-        """The token's spend in each of C{windows} (C{5h}, C{1d}, ...), in USD."""
+    def spend(self, token_id: str, windows: Iterable[str]) -> Mapping[str, Decimal]:
+        """
+        The token's spend in each of C{windows} (C{5h}, C{1d}, ...), in USD. Remembered
+        until the token's spend changes or the hour turns (it is asked on every request).
+        """
+        now_hour = hour_of(self.clock.seconds())
+        wanted = tuple(windows)
+        known = self._sums.get(token_id)
+        if known is not None and known[0] == now_hour and known[1] == wanted:
+            return known[2]
         hours = dict(self._view.get(token_id, {}))
         for local in self._local:
             for hour, pusd in local.hours.get(token_id, {}).items():
                 hours[hour] = hours.get(hour, 0) + pusd
-        now = self.clock.seconds()
         spent = {}
-        for window in windows:
-            start = hour_of(now - WINDOWS[window])
+        for window in wanted:
+            start = now_hour - WINDOWS[window]  # windows are whole hours
             total = sum(pusd for hour, pusd in hours.items() if hour >= start)
             spent[window] = Decimal(total) / _PICO
+        if len(self._sums) >= MAX_SUMS:
+            self._sums.clear()
+        self._sums[token_id] = (now_hour, wanted, spent)
         return spent
 
     def record(self, token_id: str, hour: int, pusd: int) -> None:
         """This instance has spent C{pusd} for C{token_id} in C{hour} (not yet written)."""
         if pusd <= 0:
             return
+        self._sums.pop(token_id, None)
         hours = self._local[-1].hours.setdefault(token_id, {})
         hours[hour] = hours.get(hour, 0) + pusd
 
@@ -110,6 +125,7 @@ class SpendBook:
         """Take the store's view, read just now (at start-up)."""
         now = self.clock.seconds()
         self._view = {}
+        self._sums.clear()
         self._take(rows)
         self.loaded_at = self._full_at = now
 
@@ -128,6 +144,7 @@ class SpendBook:
         self.outage.answered()
         if full:
             self._view = {}
+            self._sums.clear()
             self._full_at = started
         self._take(rows)
         self._forget(started)
@@ -136,19 +153,25 @@ class SpendBook:
     def _take(self, rows: Iterable[tuple[str, int, int]]) -> None:
         for token_id, hour, pusd in rows:
             self._view.setdefault(token_id, {})[int(hour)] = int(pusd)
+            self._sums.pop(token_id, None)
 
     def _forget(self, started: float) -> None:
         """Drop local spend the view now holds, and hours older than every window."""
         *sealed, open_ = self._local
-        self._local = [
-            local for local in sealed
-            if local.written_at is None or local.written_at >= started
-        ] + [open_]
+        kept = [local for local in sealed
+                if local.written_at is None or local.written_at >= started]
+        kept_ids = {id(local) for local in kept}
+        for local in sealed:
+            if id(local) not in kept_ids:
+                for token_id in local.hours:
+                    self._sums.pop(token_id, None)
+        self._local = kept + [open_]
         oldest = hour_of(started - KEPT_SECONDS)
         for token_id in list(self._view):
             hours = self._view[token_id]
             for hour in [h for h in hours if h < oldest]:
                 del hours[hour]
+                self._sums.pop(token_id, None)
             if not hours:
                 del self._view[token_id]
 
