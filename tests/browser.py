@@ -64,7 +64,9 @@ class Browser:
         self._playwright = sync_playwright().start()
         self._browser = self._playwright.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = self._browser.new_context(viewport={"width": 1280, "height": 900})
+        context = self._browser.new_context(
+            viewport={"width": 1280, "height": 900},
+            permissions=["clipboard-read", "clipboard-write"])
         context.set_default_timeout(WAIT_MS)
         self.page = context.new_page()
 
