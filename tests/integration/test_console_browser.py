@@ -224,7 +224,7 @@ class ConsoleUsageTests(TestCase):
             person = page.locator("figure[data-chart=per-person]")
             expect(person.locator("svg rect.bar")).to_have_count(2)
             person.locator("summary").click()
-            return {
+            seen = {
                 "total": page.inner_text("#total-spend"),
                 "axis": day.locator("svg text.tick").all_text_contents(),
                 "people": person.locator("tbody tr td:first-child").all_inner_texts(),
@@ -232,6 +232,10 @@ class ConsoleUsageTests(TestCase):
                 "models": page.locator("figure[data-chart=per-model] svg text.name")
                 .all_text_contents(),
             }
+            page.select_option("#usage-window", "24h")
+            hourly = page.locator("figure[data-chart=spend-per-hour]")
+            expect(hourly.locator("svg rect.bar")).to_have_count(1)
+            return {**seen, "hours": hourly.locator("tbody tr").count()}
 
         seen = await browser.run(usage)
         self.assertRegex(seen["total"], r"^\$\d")
@@ -240,6 +244,7 @@ class ConsoleUsageTests(TestCase):
         self.assertEqual(sorted(seen["people"]), ["alice", "bob"])
         self.assertIn("$0", seen["axis"])
         self.assertEqual(len(seen["models"]), 1)
+        self.assertEqual(seen["hours"], 25)  # the hour now and the 24 before it
 
 
 class ConsolePrefixTests(TestCase):
