@@ -64,10 +64,11 @@ CONTENT_TYPES = {
 }
 MAX_SIGN_IN_BODY = 4096
 
-#: Told of each sign-in and sign-out: the request, the action (C{console.signin} or
-#: C{console.signout}), the session's actor (None for a refused sign-in) and the outcome
-#: (C{ok} or C{refused}). The audit trail listens here.
-SessionListener = Callable[[IRequest, str, str | None, str], None]
+#: Told of each sign-in: the request, the session's actor (or None for a refusal), and
+#: the refusal's status (200 when signed in). The audit trail listens here.
+SignInListener = Callable[[IRequest, str | None, int], None]
+#: Told of each sign-out of a live session: the request and the session's actor.
+SignOutListener = Callable[[IRequest, str], None]
 
 
 def secure_headers(request: IRequest, cache: bytes = b"no-store") -> None:
@@ -141,11 +142,13 @@ class SessionResource(Resource):
     isLeaf = True
 
     def __init__(self, guard: AdminGuard, sessions: SessionTable,
-                 on_session: SessionListener | None = None) -> None:
+                 on_sign_in: SignInListener | None = None,
+                 on_sign_out: SignOutListener | None = None) -> None:
         super().__init__()
         self._guard = guard
         self._sessions = sessions
-        self._on_session = on_session
+        self._on_sign_in = on_sign_in
+        self._on_sign_out = on_sign_out
 
     def render(self, request: IRequest) -> int | bytes:
         if request.method == b"GET":
@@ -181,14 +184,14 @@ class SessionResource(Resource):
             self._guard.check_key(request, key)
         except APIError as error:
             if error.status in (401, 429):
-                self._told(request, "console.signin", None, "refused")
+                self._told(request, None, error.status)
             return _refuse(request, error)
         self._sessions.close(session_cookie(request))
         secret, session = self._sessions.open(address_of(request))
         set_cookie(request, secret, int(LIFETIME_SECONDS))
         _log.info("Console sign-in from {address}: session {handle}",
                   address=session.address, handle=session.handle)
-        self._told(request, "console.signin", session.actor, "ok")
+        self._told(request, session.actor, 200)
         return self._signed_in(request, session)
 
     def _sign_out(self, request: IRequest) -> int | bytes:
@@ -202,15 +205,19 @@ class SessionResource(Resource):
         set_cookie(request, b"", 0)
         if session is not None:
             _log.info("Console sign-out: session {handle}", handle=session.handle)
-            self._told(request, "console.signout", session.actor, "ok")
+            if self._on_sign_out is not None:
+                try:
+                    self._on_sign_out(request, session.actor)
+                except Exception:
+                    _log.failure("Recording a console sign-out failed")
         return self._answer(request, {"signed_in": False})
 
-    def _told(self, request: IRequest, action: str, actor: str | None, outcome: str) -> None:
-        if self._on_session is not None:
+    def _told(self, request: IRequest, actor: str | None, status: int) -> None:
+        if self._on_sign_in is not None:
             try:
-                self._on_session(request, action, actor, outcome)
+                self._on_sign_in(request, actor, status)
             except Exception:
-                _log.failure("Recording a console {action} failed", action=action)
+                _log.failure("Recording a console sign-in failed")
 
 
 def _presented_key(request: IRequest) -> bytes:
@@ -256,7 +263,8 @@ class ConsoleRoot(Resource):
 
 def console_resource(admin: Mapping[bytes, IResource], guard: AdminGuard,
                      sessions: SessionTable, assets: Mapping[str, Asset] | None = None,
-                     on_session: SessionListener | None = None) -> Resource:
+                     on_sign_in: SignInListener | None = None,
+                     on_sign_out: SignOutListener | None = None) -> Resource:
     """
     The console's tree, to mount at C{/console} on the admin surface: the page, its
     assets, the session endpoint and the admin API endpoints C{admin} (which must check
@@ -267,7 +275,7 @@ def console_resource(admin: Mapping[bytes, IResource], guard: AdminGuard,
     for file_name, asset in assets.items():
         if file_name != "index.html":
             root.putChild(file_name.encode(), AssetResource(asset))
-    root.putChild(b"session", SessionResource(guard, sessions, on_session))
+    root.putChild(b"session", SessionResource(guard, sessions, on_sign_in, on_sign_out))
     api = Branch(not_found())
     for name, endpoint in admin.items():
         api.putChild(name, endpoint)

@@ -63,11 +63,13 @@ class Console:
         self.clock = Clock()
         self.sessions = SessionTable(self.clock)
         self.guard = AdminGuard(KEY, self.clock, sessions=self.sessions)
-        self.told: list[tuple[str, str | None, str]] = []
+        self.told: list[tuple[str, str | None, int]] = []
         root = Resource()
         root.putChild(b"console", console_resource(
             {}, self.guard, self.sessions,
-            on_session=lambda request, *event: self.told.append(event)))
+            on_sign_in=lambda request, who, status: self.told.append(
+                ("console.signin", who, status)),
+            on_sign_out=lambda request, who: self.told.append(("console.signout", who, 200))))
         self.site = Site(root, reactor=self.clock)
 
     def send(self, method: bytes, path: bytes, body: object = None, *headers: bytes,
@@ -223,9 +225,9 @@ class ConsoleSessionTests(SynchronousTestCase):
                                     b"X-CSRF-Token: " + session.csrf.encode())
         self.assertEqual(status, 200)
         self.assertEqual(console.told, [
-            ("console.signin", None, "refused"),
-            ("console.signin", session.actor, "ok"),
-            ("console.signout", session.actor, "ok"),
+            ("console.signin", None, 401),
+            ("console.signin", session.actor, 200),
+            ("console.signout", session.actor, 200),
         ])
 
 
