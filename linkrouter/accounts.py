@@ -197,8 +197,9 @@ class AccountPool:
         return min(times) if times else None
 
     def serves_without_subscription(self) -> bool:
-        """Whether any account (an API key) can serve a request kept off subscriptions."""
-        return any(not a.subscription for a in self.accounts)
+        """Whether an account in service (an API key) can serve a request kept off the
+        subscriptions."""
+        return any(not a.subscription and not a.disabled for a in self.accounts)
 
     def to_json(self) -> dict[str, Any]:
         now = self.clock.seconds()

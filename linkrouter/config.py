@@ -97,6 +97,10 @@ class Config:
     #: The key that seals managed accounts (given, or a file); else the data directory's.
     account_key: str | None = field(default=None, repr=False)
     account_key_file: Path | None = None
+    #: C{--pause-at-percent}: 1..100, or C{None} (accounts are never paused).
+    pause_at_percent: float | None = None
+    #: C{--subscription-clients}: C{any} or C{claude-code}.
+    subscription_clients: str = "any"
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
@@ -195,4 +199,6 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         account_key=account_key,
         account_key_file=account_key_file,
         oauth_authorize_url=o.OAUTH_AUTHORIZE_URL.read(raw, env),
+        pause_at_percent=o.PAUSE_AT_PERCENT.value(raw, env),
+        subscription_clients=o.SUBSCRIPTION_CLIENTS_OPTION.read(raw, env),
     )

@@ -84,16 +84,19 @@ class Failover:
 
     @ivar gone: whether the client went away (then the attempt stops, dropping any answer).
     @ivar accept: whether an answer's status is worth keeping (429s never are).
+    @ivar subscription: whether the OAuth and setup-token accounts may answer
+        (C{--subscription-clients claude-code} keeps them for Claude Code's requests).
     """
 
     pool: AccountPool
     gone: Callable[[], bool] = _never
     accept: Callable[[int], bool] = _any
+    subscription: bool = True
 
     async def attempt(self, send: Send, session: str | None = None) -> Outcome:
         """Ask the accounts in turn with C{send}; the C{session}'s own account first."""
         outcome = Outcome()
-        for account in self.pool.candidates(session):
+        for account in self.pool.candidates(session, self.subscription):
             try:
                 credential = await account.credential()
             except AccountUnavailable as e:

@@ -13,6 +13,7 @@ Everything here raises L{ConfigError}, whose text names the option at fault.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
@@ -20,6 +21,7 @@ from typing import Any, Generic, TypeVar
 from attrs import frozen
 
 from linkrouter import defaults as d
+from linkrouter.accountstate import SUBSCRIPTION_CLIENTS
 from linkrouter.limits import Limits, LimitsError, parse_default_limits
 from linkrouter.parsing import (
     ConfigError,
@@ -290,6 +292,34 @@ PRICES = Option(
     "costs usage, instead of the shipped one.", ("LINKROUTER_PRICES",), _prices,
     shown="linkrouter/prices.json")
 
+def _percent(option: str, value: str) -> float:
+    try:
+        found = float(value.strip().removesuffix("%"))
+    except ValueError:
+        found = math.nan
+    if not 1 <= found <= 100:  # NaN fails too
+        raise ConfigError(option, f"{value!r} is not a percentage from 1 to 100")
+    return found
+
+
+PAUSE_AT_PERCENT = Option(
+    "pause-at-percent", "Keep an account out of rotation while the upstream reports its 5h "
+    "or 7d window at or above this percent (1-100), until that window resets.",
+    ("LINKROUTER_PAUSE_AT_PERCENT",), _percent, None, "none")
+
+
+def _clients(option: str, value: str) -> str:
+    lowered = value.strip().lower()
+    if lowered not in SUBSCRIPTION_CLIENTS:
+        raise ConfigError(option, f"{value!r} is not one of {', '.join(SUBSCRIPTION_CLIENTS)}")
+    return lowered
+
+
+SUBSCRIPTION_CLIENTS_OPTION = Option(
+    "subscription-clients", "Who may use the OAuth and setup-token (subscription) accounts: "
+    "any client, or claude-code (other requests use an API-key account, else 403).",
+    ("LINKROUTER_SUBSCRIPTION_CLIENTS",), _clients, "any", "any")
+
 VERBOSE = Flag("verbose", "Log upstream detail on each request.", "VERBOSE", "v")
 HSTS = Flag("hsts", "Send Strict-Transport-Security on TLS responses.", "LINKROUTER_HSTS")
 
@@ -328,7 +358,7 @@ OPTIONS: tuple[Option[Any] | Flag | Many, ...] = (
     UPSTREAM_IDLE_TIMEOUT, MAX_COOLDOWN, REFRESH_MARGIN, OAUTH_CLIENT_ID, MODEL_ALIAS,
     ALLOW_UPSTREAM, TLS_CERT, TLS_KEY, TLS_CHAIN, TLS_PORT, METRICS_LISTEN, SHUTDOWN_GRACE,
     STORE_TIMEOUT, REVOCATION_MAX_STALENESS, LOG_FORMAT, HEADER_TIMEOUT, MAX_CONNECTIONS,
-    DEFAULT_LIMITS, PRICES,
+    DEFAULT_LIMITS, PRICES, PAUSE_AT_PERCENT, SUBSCRIPTION_CLIENTS_OPTION,
 )
 
 #: Variables without a flag of their own (the seed's, and systemd's).

@@ -25,6 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from linkrouter.access import AccessNote, log_access, note
 from linkrouter.accounts import Account, AccountPool
+from linkrouter.accountstate import SUBSCRIPTION_REFUSED
 from linkrouter.admission import Admitter, Refused
 from linkrouter.credentials import Credential
 from linkrouter.dialects import AnthropicShaper, Outgoing, Route, Shaper, messages_route
@@ -50,6 +51,8 @@ class _Exchange:
     asked: bool = False
     shaper: Shaper = Shaper()
     model: str | None = None
+    #: Whether a subscription (OAuth, setup-token) account may serve it.
+    subscription: bool = True
 
 
 @define
@@ -124,11 +127,15 @@ class Proxy:
         exchange.note.route = route_label(outgoing.path)
         exchange.shaper = outgoing.shaper or AnthropicShaper()
         exchange.model = outgoing.model
+        exchange.subscription = self.pool.allows_subscription(request.requestHeaders)
+        if not exchange.subscription and not self.pool.serves_without_subscription():
+            raise APIError(403, SUBSCRIPTION_REFUSED, "permission_error")
         if self.admitter is not None:
             await self._admit(exchange, self.admitter, outgoing)
         session = (request.requestHeaders.getRawHeaders(b"x-claude-code-session-id")
                    or [b""])[0].decode("latin-1") or None
-        failover = Failover(self.pool, lambda: exchange.gone)
+        failover = Failover(self.pool, lambda: exchange.gone,
+                            subscription=exchange.subscription)
         outcome = await failover.attempt(self._sender(exchange, outgoing), session)
         if outcome.left:
             return
@@ -169,7 +176,7 @@ class Proxy:
     def _exhausted(self, exchange: _Exchange, outcome: Outcome) -> None:
         """No account could serve: relay the last 429, or say why none could."""
         request = exchange.request
-        retry_at = self.pool.next_available()
+        retry_at = self.pool.next_available(exchange.subscription)
         retry_after = None
         if retry_at is not None:
             retry_after = str(max(1, math.ceil(retry_at - self.upstream.reactor.seconds())))
@@ -189,7 +196,9 @@ class Proxy:
             return
         if retry_after is not None:
             request.responseHeaders.setRawHeaders(b"retry-after", [retry_after.encode()])
-            raise APIError(429, "Every upstream account is rate limited; retry after "
+            resting = ("rate limited" if self.pool.pause_at_percent is None else
+                       "rate limited or paused to keep headroom (--pause-at-percent)")
+            raise APIError(429, f"Every upstream account is {resting}; retry after "
                            f"{retry_after} seconds.", "rate_limit_error")
         # The whole story names credential files: the log has it, clients get it without.
         why = self.pool.missing_message([str(p) for p in outcome.problems])

@@ -161,6 +161,8 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
         ),
         reactor,
         config.max_cooldown,
+        config.pause_at_percent,
+        config.subscription_clients,
     )
     accounts.check_now()  # true from the start; warns about each account needing a login
     upstream = Upstream(

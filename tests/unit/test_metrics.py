@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from linkrouter.accounts import Account, AccountPool
+from linkrouter.credentials import Credential
 from linkrouter.metrics import MAX_MODEL_LABELS, POLICY_LIMITS, Metrics, ModelLabels
 from linkrouter.pricing import PriceTable
 from linkrouter.tokenusage import Usage
+
+from .test_accountstate import window_headers
+from .test_oauth import NOW, random_secret
 
 USAGE = Usage(input_tokens=3, output_tokens=77, cache_read_tokens=42000,
               cache_write_5m_tokens=500, cache_write_1h_tokens=1000)
@@ -135,3 +141,40 @@ class RefusedTests(SynchronousTestCase):
         self.assertEqual(metrics.registry.get_sample_value(
             "linkrouter_policy_refusals_total", {"limit": "other"}), 1)
         self.assertNotIn(b"budget_usd.2d", metrics.exposition()[0])
+
+
+class AccountMetricsTests(SynchronousTestCase):
+    """Each account's status, requests and windows, by account id, when scraped."""
+
+    def test_exposition(self) -> None:
+        """
+        A paused account that served twice: its state, requests, window percent and
+        reset, last use and resume time are exported under its id; no token, no name.
+        """
+        clock = MemoryReactorClock()
+        clock.advance(NOW)
+        secret = random_secret("oat01")
+        account = Account.for_static(Credential("oauth", secret, "--oauth-token"), clock,
+                                     name="team-main")
+        pool = AccountPool([account], clock, pause_at_percent=90)
+        pool.served(account, None)
+        pool.served(account, None)
+        pool.observe(account, window_headers(w5h=(0.95, NOW + 600), w7d=(0.4, NOW + 9000)))
+        metrics = Metrics(lambda: pool.accounts)
+
+        def sample(name: str, **labels: str) -> float | None:
+            return metrics.registry.get_sample_value(name, {"account": account.id, **labels})
+
+        self.assertEqual(sample("linkrouter_account_state", state="paused"), 1.0)
+        self.assertEqual(sample("linkrouter_account_state", state="ok"), 0.0)
+        self.assertEqual(sample("linkrouter_account_healthy", kind="setup-token"), 0.0)
+        self.assertEqual(sample("linkrouter_account_requests_served"), 2.0)
+        self.assertEqual(sample("linkrouter_account_utilization_percent", window="5h"), 95.0)
+        self.assertEqual(sample("linkrouter_account_utilization_percent", window="7d"), 40.0)
+        self.assertEqual(sample("linkrouter_account_utilization_resets_at_seconds",
+                                window="7d"), NOW + 9000)
+        self.assertEqual(sample("linkrouter_account_last_used_at_seconds"), NOW)
+        self.assertEqual(sample("linkrouter_account_resumes_at_seconds"), NOW + 600)
+        text = metrics.exposition()[0].decode()
+        self.assertNotIn(secret, text)
+        self.assertNotIn(account.name, text)
