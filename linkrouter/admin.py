@@ -2,7 +2,8 @@
 """
 The admin API: issue, list, show (with usage per window), change (label, limits) and
 revoke router tokens; usage reports (L{linkrouter.adminusage}); the upstream accounts
-(L{linkrouter.adminaccounts}).
+(L{linkrouter.adminaccounts}); the audit trail (L{linkrouter.adminaudit}), where every
+change made here is recorded with who made it (L{linkrouter.audit}).
 
 Every call needs C{Authorization: Bearer <admin key>}, compared in constant time. The
 request and response of C{POST /api/tokens} keep link-assistant-router's field names
@@ -25,6 +26,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from linkrouter.adminguard import AdminGuard
+from linkrouter.audit import AuditTrail, actor_of, issued_detail, mark_actor, updated_detail
 from linkrouter.errors import APIError, Dialect, anthropic_style, render_json, write_error
 from linkrouter.labels import MAX_LABEL_LENGTH, label_problem  # noqa: F401 - re-exported
 from linkrouter.ledger import GroupingError, check_group_by
@@ -278,7 +280,7 @@ class _AdminResource(Resource):
                            APIError(500, "The token store failed; nothing was changed."))
 
     async def _authorized_dispatch(self, request: IRequest) -> dict[str, Any]:
-        self._guard.check(request)
+        mark_actor(request, self._guard.check(request))
         return await self._dispatch(request, [s for s in request.postpath if s])
 
     async def _dispatch(self, request: IRequest, segments: list[bytes]) -> dict[str, Any]:
@@ -286,17 +288,21 @@ class _AdminResource(Resource):
 
 
 class TokensResource(_AdminResource):
-    """C{/api/tokens} and C{/api/tokens/{id}}."""
+    """C{/api/tokens} and C{/api/tokens/{id}}; each change made is in the audit trail."""
 
-    def __init__(self, admin: TokenAdmin, guard: AdminGuard) -> None:
+    def __init__(self, admin: TokenAdmin, guard: AdminGuard, trail: AuditTrail) -> None:
         super().__init__(guard)
         self._admin = admin
+        self._trail = trail
 
     async def _dispatch(self, request: IRequest, segments: list[bytes]) -> dict[str, Any]:
         method = request.method
         if not segments:
             if method == b"POST":
-                return await self._admin.issue(IssueRequest.parse(_body(request)))
+                issued = await self._admin.issue(IssueRequest.parse(_body(request)))
+                self._trail.record(actor_of(request), "token.issued", issued["id"],
+                                   issued_detail(issued))
+                return issued
             if method == b"GET":
                 return await self._admin.list()
             raise _not_allowed(request, b"GET, POST")
@@ -305,12 +311,24 @@ class TokensResource(_AdminResource):
             if method == b"GET":
                 return await self._admin.show(token_id)
             if method == b"PATCH":
-                ask = UpdateRequest.parse(_body(request))
-                return await self._admin.update(token_id, ask)
+                return await self._update(request, token_id, UpdateRequest.parse(_body(request)))
             if method == b"DELETE":
-                return await self._admin.revoke(token_id)
+                revoked = await self._admin.revoke(token_id)
+                self._trail.record(actor_of(request), "token.revoked", revoked["id"],
+                                   {"label": revoked["label"]})
+                return revoked
             raise _not_allowed(request, b"GET, PATCH, DELETE")
         return await super()._dispatch(request, segments)
+
+    async def _update(self, request: IRequest, token_id: str,
+                      ask: UpdateRequest) -> dict[str, Any]:
+        """PATCH: the change, recorded with what each field was before and after."""
+        before: TokenRecord | None = await self._admin.store.get(_token_id(token_id))
+        after = await self._admin.update(token_id, ask)
+        self._trail.record(actor_of(request), "token.updated", after["id"],
+                           updated_detail(before, after, ask.label is not None,
+                                          ask.set_limits))
+        return after
 
 
 def _body(request: IRequest) -> bytes:
@@ -321,16 +339,19 @@ def _body(request: IRequest) -> bytes:
 
 
 def admin_resources(admin: TokenAdmin, accounts: AccountAdmin,
-                    guard: AdminGuard) -> dict[bytes, Resource]:
+                    guard: AdminGuard, trail: AuditTrail) -> dict[bytes, Resource]:
     """The admin endpoints, by their name under C{/api}."""
-    # imported here: adminusage and adminaccounts build on this module's resources
+    # imported here: adminusage, adminaccounts and adminaudit build on this module's
+    # resources
     from linkrouter.adminaccounts import AccountsResource
+    from linkrouter.adminaudit import AuditResource
     from linkrouter.adminusage import UsageResource
 
     return {
-        b"tokens": TokensResource(admin, guard),
+        b"tokens": TokensResource(admin, guard, trail),
         b"accounts": AccountsResource(accounts, guard),
         b"usage": UsageResource(admin, guard),
+        b"audit": AuditResource(trail, guard),
     }
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hmac
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
@@ -56,6 +57,9 @@ class AdminGuard:
     @ivar key: the admin key.
     @ivar clock: where "now" comes from.
     @ivar key_hint: where the key is kept, for the log only.
+    @ivar on_refused: told of each admin call refused for its key or CSRF token (the
+        request, why, the status): the audit trail's L{linkrouter.audit.AuditTrail.refused}.
+        A refused console sign-in is told to the console's own listener instead.
     """
 
     key: str = field(repr=False)
@@ -66,6 +70,7 @@ class AdminGuard:
     max_addresses: int = MAX_ADDRESSES
     #: Console sessions accepted beside the key (None: the key only).
     sessions: SessionTable | None = None
+    on_refused: Callable[[IRequest, str, int], None] | None = None
     _failures: OrderedDict[str, deque[float]] = field(factory=OrderedDict, repr=False)
     _log = Logger()
 
@@ -85,6 +90,7 @@ class AdminGuard:
             session = self.sessions.find(cookie)
             if session is not None:
                 if not session.allows(request):
+                    self._refused(request, "console change without its CSRF token", 403)
                     raise APIError(
                         403,
                         "This change needs the console session's CSRF token in the "
@@ -97,8 +103,18 @@ class AdminGuard:
                 raise APIError(401, "The console session has ended; sign in again.",
                                "authentication_error")
         scheme, _, presented = (header or b"").partition(b" ")
-        self.check_key(request, presented.strip() if scheme.lower() == b"bearer" else None)
+        key = presented.strip() if scheme.lower() == b"bearer" else None
+        try:
+            self.check_key(request, key)
+        except APIError as error:
+            self._refused(request, "locked out after wrong admin keys" if error.status == 429
+                          else "wrong admin key" if key else "no admin key", error.status)
+            raise
         return ADMIN_KEY_ACTOR
+
+    def _refused(self, request: IRequest, why: str, status: int) -> None:
+        if self.on_refused is not None:
+            self.on_refused(request, why, status)
 
     def check_key(self, request: IRequest, presented: bytes | None) -> None:
         """

@@ -6,6 +6,7 @@ The C{linkrouter} console script, for operators:
     linkrouter [options] tokens list | show ID | revoke ID
     linkrouter [options] tokens limit ID (--clear | limits)
     linkrouter [options] usage [--since 7d|ISO] [--until ISO] [--by token,model,day] [--json]
+    linkrouter [options] audit [--since 7d|ISO] [--until ISO] [--action A] [--json]
     linkrouter [options] accounts list [--json] [--url URL] | disable|enable|reset ID
     linkrouter [options] doctor [--online]
     linkrouter --version
@@ -16,8 +17,8 @@ made up here would sign tokens the daemon refuses. A running daemon picks up a r
 made here within two seconds.
 
 The C{tokens} commands live in L{linkrouter.clitokens}, C{usage} in L{linkrouter.cliusage},
-C{accounts} in L{linkrouter.cliaccounts}; here are the parser, the store they share and
-C{doctor}.
+C{accounts} in L{linkrouter.cliaccounts}, C{audit} in L{linkrouter.cliaudit}; here are
+the parser, the store they share and C{doctor}.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from linkrouter.cliaccounts import AccountsOptions, RouterClient, accounts, router_url
+from linkrouter.cliaudit import AuditOptions, audit_report
 from linkrouter.clitokens import TokensOptions, tokens
 from linkrouter.cliusage import UsageOptions, usage_report
 from linkrouter.config import Config
@@ -69,12 +71,12 @@ class DoctorOptions(usage.Options):
 class Options(DaemonOptions):
     """The daemon's options, plus the operator's commands."""
 
-    synopsis = "[options] tokens|usage|accounts|doctor [options]"
+    synopsis = "[options] tokens|usage|accounts|audit|doctor [options]"
     longdesc = (
         "Operate a linkrouter: issue, list, show, limit and revoke router tokens, report "
-        "usage and cost, see and control the upstream accounts, or check the "
-        "configuration. Takes the same options and "
-        "environment as `twistd linkrouter`; they may come before or after the command. "
+        "usage and cost, see and control the upstream accounts, read the audit trail, or "
+        "check the configuration. Takes the same options and environment as `twistd "
+        "linkrouter`; they may come before or after the command. "
         "It reads the daemon's secrets and store and never creates them: point it at the "
         "daemon's data directory."
     )
@@ -83,12 +85,13 @@ class Options(DaemonOptions):
         ["usage", None, UsageOptions, "Usage and cost by token, model, account, day."],
         ["accounts", None, AccountsOptions,
          "List the upstream accounts; disable, enable or reset one."],
+        ["audit", None, AuditOptions, "The audit trail: admin changes, who, from where."],
         ["doctor", None, DoctorOptions, "Check configuration, store and credentials."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("choose a command: tokens, usage, accounts or doctor")
+            raise usage.UsageError("choose a command: tokens, usage, accounts, audit or doctor")
         super().postOptions()
 
 
@@ -360,7 +363,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         if options.subCommand == "accounts":
             return _accounts(options.config, options.subOptions, out)
-        command = {"tokens": tokens, "usage": usage_report}.get(options.subCommand or "")
+        command = {"tokens": tokens, "usage": usage_report,
+                   "audit": audit_report}.get(options.subCommand or "")
         if command is not None:
             sub = options.subOptions
             return with_admin(options.config, lambda admin: command(admin, sub, out))

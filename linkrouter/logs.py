@@ -3,7 +3,8 @@
 JSON log lines for journald and ELK: C{--log-format json} (or C{twistd --logger
 linkrouter.logs.json_observer}) writes one JSON object per event and line, with the
 time, level, namespace, the formatted message and the event's own fields (an access
-line's request id, status, duration, token id, account id, ...).
+line's request id, status, duration, token id, account id, ...; an audit line's actor,
+address, action, target, detail and outcome).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from twisted.logger import FileLogObserver, formatEvent
 
 _FIELDS = ("request_id", "method", "path", "status", "duration_ms", "bytes", "token_id",
            "account_id", "upstream_status")
+#: An audit line's fields (L{linkrouter.audit}): the row it wrote, detail as an object.
+_AUDIT_FIELDS = ("audit_id", "actor", "address", "action", "target", "detail", "outcome")
 
 
 def json_line(event: dict[str, Any]) -> str:
@@ -31,6 +34,10 @@ def json_line(event: dict[str, Any]) -> str:
     if event.get("access"):
         record["access"] = True
         for key in _FIELDS:
+            record[key] = event.get(key)
+    if event.get("audit"):
+        record["audit"] = True
+        for key in _AUDIT_FIELDS:
             record[key] = event.get(key)
     failure = event.get("log_failure")
     if failure is not None:

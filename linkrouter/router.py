@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.unit.test_tap,tests.integration.test_tap -*-
 """
 The router's collaborators, built once: secrets, the token store, the token authority,
-the account pool, the upstream client, the admin API and the metrics (L{build_router}),
+the account pool, the upstream client, the admin API, the audit trail and the metrics
+(L{build_router}),
 and the resource trees they serve (L{Router.resources}).
 
 Start-up work that may fail on bad configuration (data directory, secrets, opening and
@@ -25,6 +26,8 @@ from linkrouter.admin import MetricsResource, TokenAdmin, admin_resources
 from linkrouter.adminaccounts import AccountAdmin
 from linkrouter.adminguard import AdminGuard
 from linkrouter.admission import Admitter
+from linkrouter.audit import AuditTrail
+from linkrouter.auditrows import AuditQueries
 from linkrouter.bedrock import BEDROCK, bedrock_route
 from linkrouter.books import Books, preload
 from linkrouter.config import Config
@@ -85,6 +88,7 @@ class Router:
     accounts: AccountAdmin
     #: The managed accounts (in the store) and their place in C{pool}.
     managed: ManagedBook
+    audit: AuditTrail
 
     def _problem(self) -> str | None:
         """Why tokens are refused now (revocations or limits unknown), or C{None}."""
@@ -107,8 +111,9 @@ class Router:
             else "set by --admin-key"
         )
         sessions = SessionTable(self.admin.clock)
-        guard = AdminGuard(self.secrets.admin_key, self.admin.clock, hint, sessions=sessions)
-        admin = admin_resources(self.admin, self.accounts, guard)
+        guard = AdminGuard(self.secrets.admin_key, self.admin.clock, hint, sessions=sessions,
+                           on_refused=self.audit.refused)
+        admin = admin_resources(self.admin, self.accounts, guard, self.audit)
         guarded_metrics = MetricsResource(self.metrics, guard)
         separate = bool(config.admin_listen)
         surface = Surface.opening(config.allow_upstream)
@@ -130,7 +135,9 @@ class Router:
             admin_only.putChild(b"health", health)
         # The console lives where the admin API does.
         on_admin = tree if admin_only is None else admin_only
-        on_admin.putChild(b"console", console_resource(admin, guard, sessions))
+        on_admin.putChild(b"console", console_resource(
+            admin, guard, sessions, on_sign_in=self.audit.signed_in,
+            on_sign_out=self.audit.signed_out))
         return tree, admin_only
 
 
@@ -189,8 +196,9 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
     revocations.subscribe(streams.revoked)
     account_admin = _account_admin(config, accounts, store, revocations, reactor)
     managed.on_join = account_admin.book.apply  # a disabled account never serves
+    audit = AuditTrail(store.run, AuditQueries(store.queries.placeholder), reactor)
     router = Router(config, secrets, store, revocations, usage, gatekeeper, accounts,
-                    upstream, admin, metrics, streams, admitter, account_admin, managed)
+                    upstream, admin, metrics, streams, admitter, account_admin, managed, audit)
     return router, runner, http_pool
 
 

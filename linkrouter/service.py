@@ -23,6 +23,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from linkrouter import lifecycle
 from linkrouter.accounts import AccountWatch
+from linkrouter.audit import AuditService
 from linkrouter.config import Config
 from linkrouter.listeners import HSTS, Listeners, address, open_listeners, with_backlog
 from linkrouter.parsing import ConfigError
@@ -156,6 +157,8 @@ def makeService(config: Config, reactor: Any = None,
                  (router.admitter.limits, router.admitter.spend, router.managed,
                   router.accounts.book)
                  ).setServiceParent(service)
+    # after the store: stopped before it, so the trail stops retrying before it closes
+    AuditService(router.audit).setServiceParent(service)
     _PoolService(http_pool).setServiceParent(service)
     AccountWatch(router.pool, reactor).setServiceParent(service)
     open_listeners(service.listening, config, router)
