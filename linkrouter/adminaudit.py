@@ -26,11 +26,9 @@ from linkrouter.admin import _AdminResource, _bad, _not_allowed
 from linkrouter.adminguard import AdminGuard
 from linkrouter.adminusage import UsageQueryError, check_range, parse_moment
 from linkrouter.audit import AuditFilter, AuditTrail
-from linkrouter.auditrows import ACTIONS, FAMILIES
+from linkrouter.auditrows import ACTIONS, DEFAULT_LIMIT, FAMILIES, MAX_LIMIT
 
 DEFAULT_SINCE = "7d"
-DEFAULT_LIMIT = 200
-MAX_LIMIT = 1000
 _PARAMETERS = ("since", "until", "action", "limit")
 
 

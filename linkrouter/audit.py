@@ -310,8 +310,11 @@ class AuditTrail:
         """
         The rows C{wanted}, newest first: the store's, and this router's not yet written.
         """
-        stored: list[AuditRow] = await self.run(self.queries.rows, wanted)
+        # Rows waiting now, and those recorded meanwhile: a row written while the query
+        # ran may be missing from its answer but was waiting when it began.
         waiting = [row for row in self.pending if wanted.matches(row)]
+        stored: list[AuditRow] = await self.run(self.queries.rows, wanted)
+        waiting += [row for row in self.pending if wanted.matches(row)]
         return newest_first([*stored, *waiting], wanted.limit)
 
     def stop(self) -> None:

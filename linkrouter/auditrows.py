@@ -35,6 +35,10 @@ ACTIONS = (
 FAMILIES = tuple(dict.fromkeys(a.partition(".")[0] for a in ACTIONS))
 OUTCOMES = ("ok", "refused", "failed")
 
+#: Rows a reader gets when it does not say, and at most.
+DEFAULT_LIMIT = 200
+MAX_LIMIT = 1000
+
 #: Bounds on what a row keeps.
 MAX_TEXT = 200
 MAX_DETAIL_TEXT = 500

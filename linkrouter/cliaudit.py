@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from twisted.python import usage
 
-from linkrouter.adminaudit import DEFAULT_LIMIT, AuditQuery
-from linkrouter.adminusage import UsageQueryError
-from linkrouter.auditrows import AuditQueries, AuditRow
+from linkrouter.auditrows import DEFAULT_LIMIT, AuditQueries, AuditRow
 from linkrouter.labels import escaped
 
 if TYPE_CHECKING:
@@ -43,6 +41,10 @@ class AuditOptions(usage.Options):
     optFlags = [["json", None, "Print the admin API's JSON ({rows}) instead."]]
 
     def postOptions(self) -> None:
+        # imported here: the admin API's modules are not loaded to parse flags
+        from linkrouter.adminaudit import AuditQuery
+        from linkrouter.adminusage import UsageQueryError
+
         try:
             self["query"] = AuditQuery.of(int(time.time()), self["since"], self["until"],
                                           self["action"], self["limit"])
