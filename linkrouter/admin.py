@@ -349,7 +349,7 @@ def admin_resources(admin: TokenAdmin, accounts: AccountAdmin,
 
     return {
         b"tokens": TokensResource(admin, guard, trail),
-        b"accounts": AccountsResource(accounts, guard),
+        b"accounts": AccountsResource(accounts, guard, trail),
         b"usage": UsageResource(admin, guard),
         b"audit": AuditResource(trail, guard),
     }

@@ -10,11 +10,13 @@ The accounts part of the admin API (DESIGN §10):
     POST /api/accounts/login/{login_id}         finish it
 
 A control holds at once on this router and is written to the store, from which every
-router of a fleet applies it within two seconds (L{linkrouter.controls}).
+router of a fleet applies it within two seconds (L{linkrouter.controls}). Each control,
+login started and account added here is recorded in the audit trail (L{linkrouter.audit}).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from attrs import frozen
@@ -24,6 +26,7 @@ from twisted.web.iweb import IRequest
 
 from linkrouter.admin import _AdminResource, _body, _not_allowed
 from linkrouter.adminguard import AdminGuard
+from linkrouter.audit import AuditTrail, actor_of
 from linkrouter.controls import Control, ControlsBook
 from linkrouter.errors import APIError
 from linkrouter.labels import escaped
@@ -32,6 +35,9 @@ _log = Logger(namespace="linkrouter")
 
 #: The control actions, as their path segment.
 ACTIONS = ("disable", "enable", "reset")
+#: Each control's action in the audit trail.
+_AUDITED = {"disable": "account.disabled", "enable": "account.enabled",
+            "reset": "account.reset"}
 
 
 class Logins(Protocol):
@@ -100,9 +106,10 @@ class AccountAdmin:
 class AccountsResource(_AdminResource):
     """C{/api/accounts} and below (see the module's docstring)."""
 
-    def __init__(self, admin: AccountAdmin, guard: AdminGuard) -> None:
+    def __init__(self, admin: AccountAdmin, guard: AdminGuard, trail: AuditTrail) -> None:
         super().__init__(guard)
         self._admin = admin
+        self._trail = trail
 
     async def _dispatch(self, request: IRequest, segments: list[bytes]) -> dict[str, Any]:
         method = request.method
@@ -121,7 +128,10 @@ class AccountsResource(_AdminResource):
         if len(segments) == 2 and action in ACTIONS:
             if method != b"POST":
                 raise _not_allowed(request, b"POST")
-            return await self._admin.control(account_id, action)
+            shown = await self._admin.control(account_id, action)
+            self._trail.record(actor_of(request), _AUDITED[action], shown["id"],
+                               {"name": shown.get("name"), "status": shown.get("status")})
+            return shown
         return await super()._dispatch(request, segments)
 
     async def _login(self, request: IRequest, rest: list[bytes]) -> dict[str, Any]:
@@ -133,6 +143,23 @@ class AccountsResource(_AdminResource):
         if logins is None:
             raise APIError(404, "Account login is not available on this router.",
                            "not_found_error")
+        body = _body(request)
         if not rest:
-            return await logins.start(_body(request))
-        return await logins.finish(rest[0].decode("utf-8", "replace"), _body(request))
+            started = await logins.start(body)
+            self._trail.record(actor_of(request), "account.login_started",
+                               started["login_id"], {"name": _name_in(body)})
+            return started
+        login_id = rest[0].decode("utf-8", "replace")
+        added = await logins.finish(login_id, body)
+        self._trail.record(actor_of(request), "account.added", added["id"], {
+            "name": added.get("name"), "kind": added.get("kind"), "login_id": login_id})
+        return added
+
+
+def _name_in(body: bytes) -> object:
+    """The C{name} of a login's body (which the login checked), for its audit row."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return data.get("name") if isinstance(data, dict) else None

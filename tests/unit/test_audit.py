@@ -277,6 +277,28 @@ class AuditStoreTestsMixin(_Backend):
         self.assertEqual(len(self.read(trail, since=clock.seconds())),
                          MAX_REFUSED_PER_MINUTE)
 
+    def test_console_sign_ins(self) -> None:
+        """
+        A sign-in is a row for its session; each wrong key is a refused row, a refusal
+        during a lockout (429) once a minute per address; a sign-out names the session.
+        """
+        trail, _, clock = self.trail()
+        request = request_from("192.0.2.9")
+        trail.signed_in(request, None, 401)
+        trail.signed_in(request, None, 401)
+        for _ in range(3):
+            trail.signed_in(request, None, 429)
+        trail.signed_in(request, "console:ab12", 200)
+        trail.signed_out(request, "console:ab12")
+        rows = self.read(trail)[::-1]
+        self.assertEqual([(r.action, r.actor, r.outcome, r.detail) for r in rows], [
+            ("console.signin", "anonymous", "refused", {"status": 401}),
+            ("console.signin", "anonymous", "refused", {"status": 401}),
+            ("console.signin", "anonymous", "refused", {"status": 429}),
+            ("console.signin", "console:ab12", "ok", {}),
+            ("console.signout", "console:ab12", "ok", {})])
+        self.assertEqual({r.address for r in rows}, {"192.0.2.9"})
+
     def test_no_secret_in_rows_or_logs(self) -> None:
         """A token or credential handed in by mistake reaches neither the row nor the log."""
         events = logged(self)  # type: ignore[arg-type]
