@@ -2,12 +2,14 @@
 The console in a real Chromium against a running router: sign in, issue a token with
 limits and read it from the page, see it in the list, edit its limits, revoke it; sign
 out; a usage chart after traffic through the router; the console behind a path prefix;
-a thousand tokens listed in well under a second; accounts' utilization and controls.
+a thousand tokens listed in well under a second; accounts' utilization and controls;
+the audit page's rows.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -341,3 +343,62 @@ class ConsoleAccountsTests(TestCase):
         await browser.run(control, "reset", "ok", "Reset")
         code, listed = await admin_call(running, "GET", "/api/accounts/" + account["id"])
         self.assertEqual(listed["status"], "ok")
+
+
+class ConsoleAuditTests(TestCase):
+    """The audit page shows who changed what, from the console and with the key."""
+
+    timeout = 90
+
+    @screenshots_on_failure
+    async def test_audit_rows(self) -> None:
+        """
+        A refused sign-in, a sign-in, a token issued on the console and one revoked with
+        the admin key are rows of the audit page, newest first, each with who made it
+        (the session's actor, the admin key, anonymous) and from where; no token string
+        appears on the page; the family filter keeps only the token rows.
+        """
+        running = await start_router(self)
+        browser = await open_browser(self, running.url)
+
+        def refused_then_signed_in(page: Any) -> None:
+            page.goto(f"{running.url}/console/")
+            page.fill("#sign-in-key", "not-the-key")
+            page.click("#sign-in-form button[type=submit]")
+            expect(page.locator("#sign-in-error")).not_to_be_empty()
+            sign_in(page, running.url, ADMIN_KEY)
+            page.fill("#issue-label", "erin")
+            page.locator("form.issue button[type=submit]").click()
+            expect(page.locator(".once")).to_be_visible()
+
+        await browser.run(refused_then_signed_in)
+        issued = await running.issue("frank")
+        code, _ = await admin_call(running, "DELETE", "/api/tokens/" + issued["id"])
+        self.assertEqual(code, 200)
+
+        def audit(page: Any) -> dict[str, Any]:
+            page.click("#nav a[data-page=audit]")
+            rows = page.locator("table.audit tbody tr")
+            expect(rows.first).to_be_visible()
+            seen = [(row.get_attribute("data-action"), row.get_attribute("data-outcome"),
+                     row.locator("td").nth(1).inner_text(), row.locator("td").nth(2).inner_text())
+                    for row in rows.all()]
+            text = page.inner_text("main")
+            page.select_option("#audit-action", "token")
+            expect(rows.first).to_have_attribute("data-action", re.compile(r"^token\."))
+            expect(rows).to_have_count(3)
+            return {"rows": seen, "text": text}
+
+        seen = await browser.run(audit)
+        rows = seen["rows"]
+        self.assertEqual([r[0] for r in rows[:5]], [
+            "token.revoked", "token.issued", "token.issued", "console.signin",
+            "console.signin"])
+        revoked, frank, erin, signed_in, refused = rows[:5]
+        self.assertEqual((revoked[2], frank[2]), ("admin-key", "admin-key"))
+        self.assertTrue(erin[2].startswith("console:"), erin)
+        self.assertEqual(signed_in[1:3], ("ok", erin[2]))
+        self.assertEqual(refused[1:3], ("refused", "anonymous"))
+        self.assertEqual({r[3] for r in rows[:5]}, {"127.0.0.1"})
+        self.assertNotIn("la_sk_", seen["text"])
+        self.assertNotIn(ADMIN_KEY, seen["text"])
