@@ -279,14 +279,24 @@ class Logins:
     async def start(self, body: bytes) -> dict[str, Any]:
         """C{POST /api/accounts/login {"name"}}: C{{"login_id", "authorize_url"}}."""
         name = _fields(body, "name", 'e.g. {"name": "alice-max"}')
-        login = await self.begin(check_name(name))
+        login = await self.begin(name)
         return {"login_id": login.login_id, "authorize_url": login.authorize_url,
                 "expires_at": isoformat(login.started_at + self.pending.lifetime)}
 
-    async def begin(self, name: str) -> PendingLogin:
-        """A new pending login for a free, valid C{name}."""
+    async def available(self, name: object) -> str:
+        """
+        C{name}, valid and not taken.
+
+        @raise APIError: 400 naming the field.
+        """
         name = check_name(name)
-        await self._free(name)
+        if any(record.name == name for record in await self.store.all()):
+            raise _bad(f"name: an account named {name!r} exists already.")
+        return name
+
+    async def begin(self, name: object) -> PendingLogin:
+        """A new pending login for a free, valid C{name}."""
+        name = await self.available(name)
         login = self.pending.start(name)
         self._log.info("Login {login_id} started for a new account {name}",
                        login_id=login.login_id, name=name)
@@ -306,15 +316,10 @@ class Logins:
 
     async def setup_token(self, name: str, token: str) -> dict[str, Any]:
         """Store a pasted C{claude setup-token} token as the account C{name}."""
-        name = check_name(name)
+        name = await self.available(name)
         token = check_setup_token(token)
-        await self._free(name)
         credential = Credential("oauth", token, f"managed account {name}")
         return await self._add(name, "setup-token", credential)
-
-    async def _free(self, name: str) -> None:
-        if any(record.name == name for record in await self.store.all()):
-            raise _bad(f"name: an account named {name!r} exists already.")
 
     async def _add(self, name: str, kind: str, credential: Credential) -> dict[str, Any]:
         try:

@@ -30,6 +30,7 @@ from linkrouter.audit import AuditTrail
 from linkrouter.auditrows import AuditQueries
 from linkrouter.bedrock import BEDROCK, bedrock_route
 from linkrouter.books import Books, preload
+from linkrouter.codeexchange import CodeExchange, treq_post
 from linkrouter.config import Config
 from linkrouter.console.pages import console_resource
 from linkrouter.console.sessions import SessionTable
@@ -45,6 +46,7 @@ from linkrouter.health import Health
 from linkrouter.journal import NAME as JOURNAL_NAME
 from linkrouter.journal import Journal
 from linkrouter.limitsbook import LimitsBook
+from linkrouter.login import Describe, Logins, PendingLogins
 from linkrouter.managedbook import ManagedBook, managed_book
 from linkrouter.metrics import Metrics
 from linkrouter.oauth import TokenEndpoint
@@ -194,7 +196,12 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
         store_up=revocations.loaded_at is not None)
     streams = Streams()
     revocations.subscribe(streams.revoked)
-    account_admin = _account_admin(config, accounts, store, revocations, reactor)
+    logins = Logins(
+        PendingLogins(reactor, config.oauth_authorize_url, config.oauth_client_id),
+        CodeExchange(treq_post(client, reactor), config.oauth_token_url, reactor,
+                     config.oauth_client_id),
+        managed.store, reactor, describe=_joining(managed, accounts))
+    account_admin = _account_admin(config, accounts, store, revocations, reactor, logins)
     managed.on_join = account_admin.book.apply  # a disabled account never serves
     audit = AuditTrail(store.run, AuditQueries(store.queries.placeholder), reactor)
     router = Router(config, secrets, store, revocations, usage, gatekeeper, accounts,
@@ -202,8 +209,27 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
     return router, runner, http_pool
 
 
+def _joining(managed: ManagedBook, pool: AccountPool) -> Describe:
+    """
+    A logged-in account joins this router's pool at once (the others' at their next
+    poll) and is answered as C{GET /api/accounts} shows it.
+    """
+
+    async def describe(account_id: str) -> dict[str, Any] | None:
+        record = await managed.store.get(account_id)
+        if record is not None:
+            managed.apply(record)
+        for shown in pool.to_json()["accounts"]:
+            if shown["id"] == account_id:
+                return dict(shown)
+        return None
+
+    return describe
+
+
 def _account_admin(config: Config, pool: AccountPool, store: TokenStore,
-                   revocations: RevocationCache, reactor: Any) -> AccountAdmin:
+                   revocations: RevocationCache, reactor: Any,
+                   logins: Logins | None = None) -> AccountAdmin:
     """
     The accounts' admin, with the operator's controls read from the store when it
     answered at start (else polled once it does): a disabled account never serves.
@@ -215,7 +241,7 @@ def _account_admin(config: Config, pool: AccountPool, store: TokenStore,
         except StoreError as e:
             _log.warn("{problem}; the account controls are applied once it answers",
                       problem=str(e))
-    return AccountAdmin(pool, store, book, reactor)
+    return AccountAdmin(pool, store, book, reactor, logins)
 
 
 def _token_store(config: Config, reactor: Any) -> tuple[TokenStore, StoreRunner,
