@@ -8,6 +8,7 @@ The C{linkrouter} console script, for operators:
     linkrouter [options] usage [--since 7d|ISO] [--until ISO] [--by token,model,day] [--json]
     linkrouter [options] audit [--since 7d|ISO] [--until ISO] [--action A] [--json]
     linkrouter [options] accounts list [--json] [--url URL] | disable|enable|reset ID
+    linkrouter [options] accounts login NAME [--setup-token]
     linkrouter [options] doctor [--online]
     linkrouter --version
 
@@ -192,14 +193,19 @@ def with_admin(config: Config, command: Callable[[TokenAdmin], Coroutine[Any, An
         connection.close()
 
 
-def with_store(config: Config, command: Callable[[TokenStore], Any]) -> Any:
-    """C{command(store)} (awaited) on the daemon's store, then close the store."""
+def _connect(config: Config) -> tuple[Database, Any]:
+    """The daemon's store (migrated) and a blocking connection to it."""
     database = _existing_store(config)
     try:
         prepare(database)
-        connection = database.connect()
+        return database, database.connect()
     except StoreError as e:
         raise ConfigError("--database", str(e)) from None
+
+
+def with_store(config: Config, command: Callable[[TokenStore], Any]) -> Any:
+    """C{command(store)} (awaited) on the daemon's store, then close the store."""
+    database, connection = _connect(config)
 
     async def run() -> Any:
         return await command(TokenStore(database.queries(), BlockingRunner(connection)))
@@ -222,7 +228,35 @@ def _accounts(config: Config, options: usage.Options, out: TextIO) -> int:
     def write(account_id: str, disabled: bool | None, reset_at: int | None, at: int) -> None:
         with_store(config, lambda store: store.set_control(account_id, disabled, reset_at, at))
 
+    if options.subCommand == "login":
+        return _login(config, options.subOptions, out)
     return accounts(options, out, router, write)
+
+
+def _login(config: Config, options: usage.Options, out: TextIO) -> int:
+    """
+    C{accounts login}: one login at a time, its code traded with urllib, the account
+    sealed with the daemon's account key into the daemon's store.
+    """
+    from linkrouter.accountstore import ManagedStore
+    from linkrouter.clilogin import login
+    from linkrouter.codeexchange import CodeExchange, blocking_post
+    from linkrouter.login import Logins, PendingLogins
+    from linkrouter.sealing import AccountKey
+
+    secret, source = find_secret(config, "account_key")
+    database, connection = _connect(config)
+    clock = _clock()
+    store = ManagedStore.open(database, BlockingRunner(connection),
+                              AccountKey.from_secret(secret, source), clock)
+    logins = Logins(
+        PendingLogins(clock, config.oauth_authorize_url, config.oauth_client_id, limit=1),
+        CodeExchange(blocking_post(), config.oauth_token_url, clock, config.oauth_client_id),
+        store, clock)
+    try:
+        return login(options, logins, run_now, out, sys.stdin, sys.stderr)
+    finally:
+        connection.close()
 
 
 def _mode(path: os.PathLike[str] | str) -> int:

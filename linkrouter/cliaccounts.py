@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.unit.test_cli_accounts,tests.integration.test_cli_accounts -*-
 """
-C{linkrouter accounts list [--json]} and C{linkrouter accounts disable|enable|reset ID}.
+C{linkrouter accounts list [--json]} and C{linkrouter accounts disable|enable|reset ID}
+(C{accounts login}: L{linkrouter.clilogin}).
 
 An account's health lives in the running router, so C{list} asks it: C{GET /api/accounts}
 on its admin API (C{--url}; by default the first C{--admin-listen} address, else the
@@ -32,6 +33,7 @@ from typing import Any, TextIO
 from attrs import frozen
 from twisted.python import usage
 
+from linkrouter.clilogin import LoginOptions
 from linkrouter.errors import APIError
 from linkrouter.labels import escaped
 from linkrouter.parsing import ConfigError
@@ -82,18 +84,20 @@ class ResetOptions(_ControlOptions):
 
 
 class AccountsOptions(usage.Options):
-    synopsis = "list|disable|enable|reset"
+    synopsis = "list|disable|enable|reset|login"
     subCommands = [
         ["list", None, ListOptions, "Every upstream account's health (asks the router)."],
         ["disable", None, DisableOptions, "Keep an account out of rotation (every router)."],
         ["enable", None, EnableOptions, "Put a disabled account back in rotation."],
         ["reset", None, ResetOptions,
          "Clear an account's cooldown or pause and re-read its credential."],
+        ["login", None, LoginOptions,
+         "Log a Claude account in (or store a setup token) as a managed account."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("choose one of: list, disable, enable, reset")
+            raise usage.UsageError("choose one of: list, disable, enable, reset, login")
 
 
 def _endpoint_parts(description: str) -> list[str]:
