@@ -73,6 +73,8 @@ class ManagedBook:
     outage: Outage | None = None
     _logins: dict[str, ManagedLogin] = field(factory=dict)
     _full_at: float | None = None
+    #: When each account joined this pool (a full read older than that cannot drop it).
+    _joined: dict[str, float] = field(factory=dict)
     _log = Logger()
 
     def __attrs_post_init__(self) -> None:
@@ -111,18 +113,24 @@ class ManagedBook:
             return
         self.outage.answered()
         if full:
-            self._full(records, first=self.loaded_at is None)
+            self._full(records, first=self.loaded_at is None, started=started)
             self._full_at = started
         else:
             for record in records:
                 self.apply(record)
         self.loaded_at = max(self.loaded_at or started, started)
 
-    def _full(self, records: list[ManagedRecord], first: bool) -> None:
-        """Everything the store has: apply each, let go of the ones it no longer has."""
+    def _full(self, records: list[ManagedRecord], first: bool,
+              started: float | None = None) -> None:
+        """
+        Everything the store has: apply each, let go of the ones it no longer has (but
+        not one that joined after the read began: its row may be newer than the read).
+        """
         present = {r.id for r in records}
         for account_id in [i for i in self._logins if i not in present]:
-            self._leave(account_id, "is no longer in the store")
+            joined = self._joined.get(account_id, 0.0)
+            if started is None or joined < started:
+                self._leave(account_id, "is no longer in the store")
         if first:
             closed = [r for r in records if r.credential is None]
             if closed:
@@ -165,6 +173,7 @@ class ManagedBook:
                           # last_refresh/on_refresh/refresh_retry_at: ManagedLogin has them.
                           login=cast(LoginLifecycle, login))
         self._logins[record.id] = login
+        self._joined[record.id] = self.clock.seconds()
         self.pool.add(account)
         if self.on_join is not None:
             self.on_join()
@@ -181,6 +190,7 @@ class ManagedBook:
 
     def _leave(self, account_id: str, why: str) -> None:
         login = self._logins.pop(account_id)
+        self._joined.pop(account_id, None)
         self.pool.remove(account_id)
         self._log.info("Managed account {name} ({id}) {why}; it no longer serves",
                        name=login.record.name, id=account_id, why=why)

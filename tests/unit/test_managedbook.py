@@ -130,6 +130,37 @@ class ManagedBookTests(SynchronousTestCase):
         self.poll(RESYNC_SECONDS)
         self.assertEqual([a.id for a in self.pool.accounts], [kept])
 
+    def test_full_read_keeps_a_newer_join(self) -> None:
+        """
+        An account that joined here (a login just stored) while a full read was under way
+        is not dropped because the older read does not have it.
+        """
+        self.poll()
+        self.clock.advance(RESYNC_SECONDS)
+        self.failing = False
+        reading: Deferred[Any] = Deferred()
+        real = self.book.store
+
+        class Slow:
+            """The store as a slow full read sees it: answered later, read earlier."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def all(self) -> Deferred[Any]:
+                before = real.all()
+                return before.addCallback(lambda rows: reading.addCallback(lambda _: rows))
+
+        self.book.store = Slow()
+        polled = Deferred.fromCoroutine(self.book.refresh())
+        fresh = self.add("fresh")
+        record = self.successResultOf(self.writer.get(fresh))
+        self.clock.advance(0.1)
+        self.book.apply(record)
+        reading.callback(None)
+        self.successResultOf(polled)
+        self.assertIsNotNone(self.pool.find(fresh))
+
     def test_wrong_key(self) -> None:
         """
         Accounts sealed with another key: one line at start names them all; each is in
