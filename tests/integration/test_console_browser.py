@@ -2,29 +2,33 @@
 The console in a real Chromium against a running router: sign in, issue a token with
 limits and read it from the page, see it in the list, edit its limits, revoke it; sign
 out; a usage chart after traffic through the router; the console behind a path prefix;
-a thousand tokens listed in well under a second; accounts' utilization and controls;
-the audit page's rows.
+a thousand tokens listed in well under a second; accounts' utilization and controls; an
+account added through the login flow against a fake token endpoint.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import expect
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from linkrouter.records import TokenRecord
-from linkrouter.testing import Recorded
+from linkrouter.testing import FakeTokenEndpoint, Recorded
 
 from ..browser import open_browser, screenshots_on_failure, sign_in
 from ..harness import ADMIN_KEY, Running, admin_call, start_router
+from .test_refresh import token_endpoint
 
 MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 8,
            "messages": [{"role": "user", "content": "hi"}]}
@@ -343,6 +347,91 @@ class ConsoleAccountsTests(TestCase):
         await browser.run(control, "reset", "ok", "Reset")
         code, listed = await admin_call(running, "GET", "/api/accounts/" + account["id"])
         self.assertEqual(listed["status"], "ok")
+
+
+class AuthorizePage(Resource):
+    """
+    The authorize page of a fake Claude login: what the operator sees after signing in,
+    the C{code#state} to paste, minted by the fake token endpoint for this URL.
+    """
+
+    isLeaf = True
+
+    def __init__(self, tokens: FakeTokenEndpoint, base: str) -> None:
+        super().__init__()
+        self._tokens = tokens
+        self._base = base
+
+    def render_GET(self, request: Any) -> bytes:
+        paste = self._tokens.authorize(self._base + request.uri.decode())
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return (b"<!doctype html><title>Authorized</title><p>Paste this code:</p>"
+                b"<code id='code'>" + paste.encode() + b"</code>")
+
+
+class ConsoleLoginTests(TestCase):
+    """Adding an account through the login flow, from the accounts page."""
+
+    timeout = 90
+
+    @screenshots_on_failure
+    async def test_login_flow(self) -> None:
+        """
+        On the accounts page a new account is named, its authorize page opened from the
+        console, the code it shows pasted back; the fake token endpoint trades it, and
+        the account is listed and serves requests.
+        """
+        tokens = FakeTokenEndpoint(prefix="sk-ant-oat01-console-" + secrets.token_hex(8))
+        token_url = await token_endpoint(self, tokens)
+        site = Site(Resource())
+        site.noisy = False
+        listening = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        page_base = f"http://127.0.0.1:{listening.getHost().port}"
+        site.resource.putChild(b"authorize", AuthorizePage(tokens, page_base))
+        empty = Path(self.mktemp()).resolve()
+        empty.mkdir(parents=True)
+        running = await start_router(self, claude_code_homes=[str(empty)],
+                                     oauth_token_url=token_url,
+                                     oauth_authorize_url=page_base + "/authorize")
+        browser = await open_browser(self, running.url)
+        await browser.run(sign_in, running.url, ADMIN_KEY)
+
+        def log_in(page: Any) -> dict[str, Any]:
+            page.click("#nav a[data-page=accounts]")
+            page.fill("#login-name", "team-max")
+            page.click("form.login-start button[type=submit]")
+            link = page.locator("#authorize-url")
+            expect(link).to_be_visible()
+            with page.context.expect_page() as opened:
+                link.click()
+            authorize = opened.value
+            authorize.wait_for_load_state()
+            paste = authorize.inner_text("#code")
+            authorize.close()
+            page.fill("#login-code", paste)
+            page.click("form.login-finish button[type=submit]")
+            expect(page.locator("#toast")).to_have_text("Added team-max.")
+            card = page.locator("article.account", has_text="team-max")
+            expect(card).to_have_attribute("data-status", "ok")
+            return {"id": card.get_attribute("data-account-id"),
+                    "form back": page.locator("form.login-start").is_visible()}
+
+        seen = await browser.run(log_in)
+        self.assertTrue(seen["form back"])
+        code, listed = await admin_call(running, "GET", "/api/accounts")
+        (added,) = [a for a in listed["accounts"] if a["name"] == "team-max"]
+        self.assertEqual((added["id"], added["kind"], added["status"]),
+                         (seen["id"], "oauth", "ok"))
+        self.assertEqual(len(tokens.received), 1)
+        self.assertEqual(tokens.received[0]["grant_type"], "authorization_code")
+        issued = await running.issue()
+        deadline = time.monotonic() + 5  # a new account serves within 5 s
+        while await _v1_status(running, issued["token"]) != 200:
+            self.assertLess(time.monotonic(), deadline, "the new account does not serve")
+            await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(running.upstream.received[-1].header(b"authorization"),
+                         f"Bearer {tokens.prefix}-access-1".encode())
 
 
 class ConsoleAuditTests(TestCase):
