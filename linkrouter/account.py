@@ -233,10 +233,18 @@ class Account:
         Never refreshes (a reload must not wait on the token endpoint): the next request
         does that.
         """
-        if self.home is None or self.login is None:
+        if self.login is None:
+            return
+        # A managed account's login reads its row in the store (linkrouter.managedlogin).
+        reread = getattr(self.login, "reread", None) if self.home is None else None
+        if self.home is None and (reread is None or not force):
             return
         try:
-            found = self.login.present(await self.home.credential(force=force))
+            if reread is not None:
+                found = await reread()
+            else:
+                assert self.home is not None
+                found = self.login.present(await self.home.credential(force=force))
         except LoginNeeded as e:
             self._needs(e)
             return

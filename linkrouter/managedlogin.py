@@ -137,6 +137,11 @@ class ManagedLogin:
         for waiter in waiters:
             waiter.callback(result)
 
+    async def reread(self) -> Credential:
+        """The operator's reset: read the row now, and the credential it stands on."""
+        await self._reread()
+        return self.present()
+
     async def _reread(self) -> ManagedRecord:
         """The row now (kept if newer); the last known one if the store does not answer."""
         try:

@@ -204,6 +204,23 @@ class ManagedBookTests(SynchronousTestCase):
         self.assertEqual(self.status(account_id), "ok")
         self.assertIn("has a new login", self.logs.text())
 
+    def test_reset_rereads_the_row(self) -> None:
+        """
+        An operator's reset re-reads a managed account's row at once: a new pair stored
+        elsewhere after a refusal makes it ok without waiting for the next poll.
+        """
+        account_id = self.add("alice")
+        self.poll()
+        self.successResultOf(self.writer.take_lease(account_id, "other", 30, 1))
+        self.successResultOf(self.writer.refuse(account_id, "other", 1))
+        self.poll()
+        self.assertEqual(self.status(account_id), "needs_login")
+        self.successResultOf(self.writer.store_pair(account_id, 1, login()))
+        account = self.pool.find(account_id)
+        assert account is not None
+        self.successResultOf(Deferred.fromCoroutine(account.reset()))
+        self.assertEqual(self.status(account_id), "ok")
+
     def test_store_down(self) -> None:
         """
         While the store does not answer, the accounts known keep serving and the outage
