@@ -18,6 +18,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -39,8 +40,10 @@ VARIANTS = {"json": False, "sse": True}
 class CheckoutStack(Stack):
     """One checkout's router in front of the shared upstream, with its own token."""
 
-    def __init__(self, procs: Processes, label: str, repo: Path, upstream_port: int) -> None:
+    def __init__(self, procs: Processes, label: str, repo: Path, upstream_port: int,
+                 limits: dict[str, Any] | None = None) -> None:
         super().__init__(procs, backlog=0)
+        self.token_limits = limits
         self.label = label
         self.repo = repo
         self.upstream_port = upstream_port
@@ -104,7 +107,7 @@ class Bench:
             sub.mkdir()
             procs = Processes(sub)
             procs.proxy_cpus = self.procs.proxy_cpus
-            stack = CheckoutStack(procs, label, repo.resolve(), upstream_port)
+            stack = CheckoutStack(procs, label, repo.resolve(), upstream_port, self.args.limits)
             self.checkouts.append((stack, procs))
             stack.start()
             stack.sanity()
@@ -192,6 +195,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="seconds of uncounted load per router and variant (default 2)")
     parser.add_argument("--concurrency", type=int, default=10,
                         help="wrk connections (default 10)")
+    parser.add_argument("--limits", type=json.loads, default=None, metavar="JSON",
+                        help="issue each router's token with these limits (e.g. the "
+                        "limited token of bench_limits.py); default none")
     parser.add_argument("--no-sse", action="store_true",
                         help="skip the streaming variant")
     parser.add_argument("--no-pin", action="store_true",

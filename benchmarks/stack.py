@@ -60,6 +60,8 @@ class Stack:
         self.router_cmd: list[str] = []
         #: Extra flags for linkrouter (e.g. C{--database URL}), after the usual ones.
         self.router_args: list[str] = []
+        #: The limits the client token is issued with (C{None}: none).
+        self.token_limits: dict[str, object] | None = None
 
     @property
     def router(self) -> Proxy:
@@ -107,9 +109,11 @@ class Stack:
             "router", self.router_cmd, env=env, proxy=True))
 
     def issue_token(self) -> None:
+        ask: dict[str, object] = {"label": "bench", "ttl_hours": 2}
+        if self.token_limits is not None:
+            ask["limits"] = self.token_limits
         status, body = fetch(
-            self.router.port, "POST", "/api/tokens",
-            json.dumps({"label": "bench", "ttl_hours": 2}).encode(),
+            self.router.port, "POST", "/api/tokens", json.dumps(ask).encode(),
             {"Authorization": "Bearer " + self.admin_key, "Content-Type": "application/json"},
         )
         if status != 200:
