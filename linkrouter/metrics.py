@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -114,6 +115,27 @@ class ModelLabels:
         return "other"
 
 
+class Children:
+    """
+    A labelled metric's children by their label values, each looked up once: the client
+    library's C{labels} checks and converts its values and takes a lock on every call,
+    and the request path names the same few children over and over. The values are as
+    few as the metric's own children (the labels are bounded by design).
+    """
+
+    __slots__ = ("_kept", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._kept: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._kept.get(values)
+        if child is None:
+            child = self._kept[values] = self._metric.labels(*values)
+        return child
+
+
 def _nan_if_none(value: float | None) -> float:
     return float("nan") if value is None else value
 
@@ -164,6 +186,14 @@ class Metrics:
             "(models, concurrency, rpm, budget_usd.WINDOW)", ["limit"], registry=r)
         for limit in POLICY_LIMITS:
             self.policy_refusals.labels(limit)
+        # The children the request path counts in, found once (L{Children}).
+        self._answers = Children(self.requests)
+        self.upstream_latency_of = Children(self.upstream_latency)
+        self.first_byte_of = Children(self.first_byte)
+        self.bytes_up = self.bytes.labels("up")
+        self.bytes_down = self.bytes.labels("down")
+        self._tokens_of = Children(self.usage_tokens)
+        self._cost_of = Children(self.usage_cost)
         if accounts is not None:
             r.register(_Accounts(accounts))
         if revocations_age is not None:
@@ -183,11 +213,15 @@ class Metrics:
         for kind, name in TOKEN_KINDS:
             tokens = getattr(usage, name)
             if tokens:
-                self.usage_tokens.labels(label, kind).inc(tokens)
+                self._tokens_of(label, kind).inc(tokens)
         if cost_pusd > 0:
-            self.usage_cost.labels(label).inc(cost_pusd / _PUSD_PER_USD)
+            self._cost_of(label).inc(cost_pusd / _PUSD_PER_USD)
         if not priced:
             self.unpriced.inc()
+
+    def answered(self, dialect: str, route: str, status: object) -> None:
+        """A request was answered (C{status}: its code, or why it has none)."""
+        self._answers(dialect, route, str(status)).inc()
 
     def refused(self, limit: str) -> None:
         """A token's C{limit} (one of L{POLICY_LIMITS}) refused a request."""

@@ -249,10 +249,10 @@ class Relay:
         access = self.note
         access.sent_bytes += len(data)
         if self.metrics is not None:
-            self.metrics.bytes.labels("down").inc(len(data))
+            self.metrics.bytes_down.inc(len(data))
             if access.first_byte is None:
                 access.first_byte = time.monotonic()
-                self.metrics.first_byte.labels(self.dialect).observe(
+                self.metrics.first_byte_of(self.dialect).observe(
                     access.first_byte - access.started)
 
     def _broken(self, e: Exception) -> None:

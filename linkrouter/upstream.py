@@ -227,11 +227,11 @@ class Upstream:
         headers = upstream_headers(client, credential, betas)
         producer = body_producer(body, self.cooperator)
         if metrics is not None and producer is not None and isinstance(producer.length, int):
-            metrics.bytes.labels("up").inc(producer.length)
+            metrics.bytes_up.inc(producer.length)
         started = time.monotonic()
         response = await self.send(method, url, headers, producer, gone)
         if metrics is not None:
-            metrics.upstream_latency.labels(dialect).observe(time.monotonic() - started)
+            metrics.upstream_latency_of(dialect).observe(time.monotonic() - started)
         return response
 
     async def send(
@@ -342,4 +342,5 @@ def http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
         reactor, BrowserLikePolicyForHTTPS(), CONNECT_TIMEOUT, None)
     agent = Agent.usingEndpointFactory(reactor, KeptEndpoints(endpoints), pool=pool)
     jar = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return UpstreamClient(IdentityEncodingAgent(agent), jar, plain=agent), pool
+    return UpstreamClient(IdentityEncodingAgent(agent), jar, plain=agent,
+                          keeps_cookies=False), pool

@@ -6,7 +6,8 @@ treq parses the URL of every request (hyperlink, then IDNA for the host) and wra
 agent anew each time. The router sends the same few URLs over and over, with headers it
 built and a body producer, no redirects and an unbuffered answer: for exactly that call
 L{UpstreamClient} remembers each URL's wire form (computed once, as treq computes it) and
-sends through agents wrapped once, as treq wraps them (the cookie jar, gzip decoding).
+sends through agents wrapped once, as treq wraps them (the cookie jar unless it keeps no
+cookie, gzip decoding).
 Every other call is treq's own.
 """
 
@@ -34,17 +35,22 @@ class UpstreamClient(HTTPClient):
     MAX_URLS = 256
 
     def __init__(self, agent: IAgent, cookiejar: IndexableCookieJar,
-                 plain: IAgent | None = None) -> None:
+                 plain: IAgent | None = None, keeps_cookies: bool = True) -> None:
         """
         @param agent: the agent treq sends through.
         @param plain: C{agent} without its removal of C{Accept-Encoding}, if it has one:
             the direct call asks for no encoding in the first place (treq adds one that
             C{agent} removes again, copying the headers each time).
+        @param keeps_cookies: false when C{cookiejar}'s policy accepts no cookie: the
+            direct call then has no cookie agent (it would build a stdlib request for
+            every call and read every answer's C{Set-Cookie} only to keep nothing).
         """
         super().__init__(agent, cookiejar=cookiejar)
         self._jar = cookiejar
-        self._direct = _DecodingAgent(CookieAgent(plain or agent, cookiejar),
-                                      [(b"gzip", GzipDecoder)])
+        direct = plain or agent
+        if keeps_cookies:
+            direct = CookieAgent(direct, cookiejar)
+        self._direct = _DecodingAgent(direct, [(b"gzip", GzipDecoder)])
         self._uris: dict[str, bytes] = {}
 
     def request(self, method: str, url: Any, **kwargs: Any) -> Deferred[_Response]:

@@ -400,7 +400,8 @@ class UpstreamClientTests(SynchronousTestCase):
         recording = Recording()
         client._agent = IdentityEncodingAgent(recording)
         if isinstance(client, UpstreamClient):  # its own wrapping, made as http_client does
-            client.__init__(client._agent, client._cookiejar, plain=recording)  # type: ignore[misc]
+            client.__init__(client._agent, client._cookiejar, plain=recording,  # type: ignore[misc]
+                            keeps_cookies=False)
         for _ in range(times):
             headers = Headers({b"x-api-key": [b"k"], **extra})
             client.request("POST", url, headers=headers,
