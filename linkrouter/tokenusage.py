@@ -30,20 +30,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from attrs import define, field, frozen, validators
+from attrs import define, field, frozen
 
-_COUNT = [validators.instance_of(int), validators.ge(0)]
+
+def _count_valid(instance: object, attribute: Any, value: object) -> None:
+    """
+    A count is an C{int} (C{TypeError}) no less than 0 (C{ValueError}): one call, where
+    attrs' C{instance_of} and C{ge} are two per field, and a L{Usage} is made for every
+    answer.
+    """
+    if not isinstance(value, int):
+        raise TypeError(f"'{attribute.name}' must be <class 'int'> (got {value!r})")
+    if value < 0:
+        raise ValueError(f"'{attribute.name}' must be >= 0: {value}")
 
 
 @frozen
 class Usage:
     """Tokens one answer (or a sum of answers) used, by how they are billed."""
 
-    input_tokens: int = field(default=0, validator=_COUNT)
-    output_tokens: int = field(default=0, validator=_COUNT)
-    cache_read_tokens: int = field(default=0, validator=_COUNT)
-    cache_write_5m_tokens: int = field(default=0, validator=_COUNT)
-    cache_write_1h_tokens: int = field(default=0, validator=_COUNT)
+    input_tokens: int = field(default=0, validator=_count_valid)
+    output_tokens: int = field(default=0, validator=_count_valid)
+    cache_read_tokens: int = field(default=0, validator=_count_valid)
+    cache_write_5m_tokens: int = field(default=0, validator=_count_valid)
+    cache_write_1h_tokens: int = field(default=0, validator=_count_valid)
 
     @property
     def cache_write_tokens(self) -> int:

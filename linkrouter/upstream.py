@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 from attrs import frozen
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
@@ -173,6 +173,35 @@ class _KeepOpen:
         pass
 
 
+#: What L{FileBodyProducer} reads (and writes) at a time by default.
+ONE_READ = 2**16
+
+
+@implementer(IBodyProducer)
+class _OneRead:
+    """
+    A body no longer than one read of L{FileBodyProducer} (which would send it in one
+    write too, a turn of the cooperator later): written as soon as production starts.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 def body_producer(content: Any, cooperator: Cooperator) -> IBodyProducer | None:
     """
     A request body file as a producer, from its start (C{None} when there is none).
@@ -181,9 +210,14 @@ def body_producer(content: Any, cooperator: Cooperator) -> IBodyProducer | None:
     if content is None:
         return None
     content.seek(0, 2)
-    if content.tell() == 0:
+    size = content.tell()
+    if size == 0:
         return None
     content.seek(0)
+    if size <= ONE_READ:
+        data = content.read(size)
+        content.seek(0)
+        return _OneRead(data)
     return FileBodyProducer(_KeepOpen(content), cooperator=cooperator)
 
 

@@ -36,8 +36,10 @@ from linkrouter.tokens import Gatekeeper, TokenAuthority, TokenClaims
 from linkrouter.tokenusage import Usage
 from linkrouter.upstream import (
     OAUTH_BETA,
+    ONE_READ,
     IdentityEncodingAgent,
     Upstream,
+    body_producer,
     downstream_headers,
     http_client,
     merge_betas,
@@ -153,10 +155,44 @@ class HeaderRuleTests(SynchronousTestCase):
                          [b"anthropic-ratelimit-unified-status", b"content-type",
                           b"request-id"])
 
+    def test_body_producer(self) -> None:
+        """
+        A body of one read is written whole as production starts; a longer one is read a
+        piece at a time by the cooperator. Each producer sends the body from its start
+        (a retry sends it again); an empty body has none.
+        """
+        clock = MemoryReactorClock()
+        cooperator = Cooperator(scheduler=lambda work: clock.callLater(0, work))
+        self.assertIsNone(body_producer(BytesIO(), cooperator))
+        for size in (1, ONE_READ, ONE_READ + 1):
+            body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+            content = BytesIO(body)
+            content.read(7)  # wherever it was left
+            for _ in range(2):
+                producer = body_producer(content, cooperator)
+                assert producer is not None
+                self.assertEqual(producer.length, size)
+                written: list[bytes] = []
+                done = producer.startProducing(_Consumer(written))
+                if size <= ONE_READ:
+                    self.assertEqual(written, [body])  # at once, no cooperator turn
+                for _ in range(5):  # the cooperator's turns, a read each
+                    clock.advance(0)
+                self.assertIsNone(self.successResultOf(done))
+                self.assertEqual(b"".join(written), body)
+
     def test_credential_never_in_repr(self) -> None:
         """A credential's repr (what a log line would show) hides the secret."""
         self.assertNotIn("unit-secret", repr(OAUTH))
         self.assertNotIn("unit-secret", OAUTH.describe())
+
+
+@define
+class _Consumer:
+    written: list[bytes]
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
 
 
 @define
