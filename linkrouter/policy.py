@@ -44,6 +44,8 @@ RPM_WINDOW = 60.0
 MIN_SWEEP = 1024
 #: How much of a client-given model id a refusal echoes.
 _MODEL_ECHO = 100
+#: The spend of a window with none recorded.
+_NOTHING_SPENT = Decimal(0)
 
 
 @frozen
@@ -210,9 +212,9 @@ class Policy:
 
     def _budget(self, limits: Limits, spend: Mapping[str, Decimal]) -> Refusal | None:
         over = [
-            (window, cap, spend.get(window, Decimal(0)))
+            (window, cap, spent)
             for window, cap in limits.budget_usd.items()
-            if spend.get(window, Decimal(0)) >= cap
+            if (spent := spend.get(window, _NOTHING_SPENT)) >= cap
         ]
         if not over:
             return None

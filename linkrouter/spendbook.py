@@ -59,6 +59,16 @@ class _Local:
 
 
 @define(eq=False)
+class _Sums:
+    """A token's spend per budget window (picodollars), as of C{hour}; USD when asked."""
+
+    hour: int
+    windows: tuple[str, ...]
+    pusd: dict[str, int]
+    usd: Mapping[str, Decimal] | None = None
+
+
+@define(eq=False)
 class SpendBook:
     """Spend per token and hour; L{spend} sums it per budget window."""
 
@@ -69,8 +79,8 @@ class SpendBook:
     _view: dict[str, Hours] = field(factory=dict)
     _local: list[_Local] = field(factory=lambda: [_Local()])
     _full_at: float | None = None
-    #: Per token: the hour, the windows and the sums last computed for them.
-    _sums: dict[str, tuple[int, tuple[str, ...], Mapping[str, Decimal]]] = field(factory=dict)
+    #: Per token: the window sums last computed, kept current as its spend is recorded.
+    _sums: dict[str, _Sums] = field(factory=dict)
     _log = Logger()
 
     def __attrs_post_init__(self) -> None:
@@ -80,34 +90,48 @@ class SpendBook:
     def spend(self, token_id: str, windows: Iterable[str]) -> Mapping[str, Decimal]:
         """
         The token's spend in each of C{windows} (C{5h}, C{1d}, ...), in USD. Remembered
-        until the token's spend changes or the hour turns (it is asked on every request).
+        until the hour turns or the store's view of the token changes, and brought up to
+        date as its spend is recorded (it is asked on every request).
         """
         now_hour = hour_of(self.clock.seconds())
         wanted = tuple(windows)
         known = self._sums.get(token_id)
-        if known is not None and known[0] == now_hour and known[1] == wanted:
-            return known[2]
+        if known is None or known.hour != now_hour or known.windows != wanted:
+            known = self._summed(token_id, now_hour, wanted)
+        if known.usd is None:
+            known.usd = {window: Decimal(pusd) / _PICO for window, pusd in known.pusd.items()}
+        return known.usd
+
+    def _summed(self, token_id: str, now_hour: int, wanted: tuple[str, ...]) -> _Sums:
         hours = dict(self._view.get(token_id, {}))
         for local in self._local:
             for hour, pusd in local.hours.get(token_id, {}).items():
                 hours[hour] = hours.get(hour, 0) + pusd
-        spent = {}
+        totals = {}
         for window in wanted:
             start = now_hour - WINDOWS[window]  # windows are whole hours
-            total = sum(pusd for hour, pusd in hours.items() if hour >= start)
-            spent[window] = Decimal(total) / _PICO
+            totals[window] = sum(pusd for hour, pusd in hours.items() if hour >= start)
         if len(self._sums) >= MAX_SUMS:
             self._sums.clear()
-        self._sums[token_id] = (now_hour, wanted, spent)
-        return spent
+        known = self._sums[token_id] = _Sums(now_hour, wanted, totals)
+        return known
 
     def record(self, token_id: str, hour: int, pusd: int) -> None:
         """This instance has spent C{pusd} for C{token_id} in C{hour} (not yet written)."""
         if pusd <= 0:
             return
-        self._sums.pop(token_id, None)
         hours = self._local[-1].hours.setdefault(token_id, {})
         hours[hour] = hours.get(hour, 0) + pusd
+        known = self._sums.get(token_id)
+        if known is None:
+            return
+        if known.hour != hour:
+            del self._sums[token_id]
+            return
+        # The hour the sums were made in is in every one of their windows.
+        for window in known.pusd:
+            known.pusd[window] += pusd
+        known.usd = None
 
     def seal(self) -> None:
         """A usage write is taking everything recorded so far: later spend is apart."""

@@ -209,6 +209,31 @@ class SpendBookTests(SynchronousTestCase):
                          {"5h": Decimal(3), "1d": Decimal(7)})
         self.assertEqual(self.book.spend("nobody", ["30d"]), {"30d": Decimal(0)})
 
+    def test_sums_kept_current(self) -> None:
+        """
+        The sums asked on every request are brought up to date by each recorded spend
+        in their hour, made anew when the hour turns, and always what a fresh book with
+        the same spend says.
+        """
+        hour = int(START) // HOUR * HOUR
+        self.book.loaded([(TOKEN, hour - 6 * HOUR, 4 * 10**12)])
+        windows = ["5h", "1d"]
+        fresh_spend: list[tuple[str, int, int]] = [(TOKEN, hour - 6 * HOUR, 4 * 10**12)]
+        for step in range(3):
+            for pusd in (1, 10**12, 7):
+                self.book.record(TOKEN, hour, pusd)
+                fresh_spend.append((TOKEN, hour, pusd))
+                fresh = SpendBook(None, self.clock)
+                fresh.loaded([])
+                for token, at, spent in fresh_spend:
+                    fresh.record(token, at, spent)
+                self.assertEqual(self.book.spend(TOKEN, windows), fresh.spend(TOKEN, windows))
+            if step == 1:
+                self.clock.advance(HOUR)  # the hour turns: 6 h ago leaves 1d's window later
+                hour += HOUR
+        self.assertEqual(self.book.spend(TOKEN, ["5h"]),
+                         {"5h": Decimal(3 * 10**12 + 24) / 10**12})
+
     def test_local_spend_until_read_back(self) -> None:
         """
         Against a real SQLite store: spend recorded here counts until a poll that
