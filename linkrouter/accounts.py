@@ -111,6 +111,8 @@ class AccountPool:
         false leaves out the OAuth and setup-token accounts.
         """
         now = self.clock.seconds()
+        if len(self.accounts) == 1:  # the common case, on every request: no sorting
+            return self._only(self.accounts[0], now, subscription)
         eligible = [a for a in self.accounts if subscription or not a.subscription]
         healthy = [a for a in eligible if a.healthy(now)]
         # Last, the logins that needed one: asking them re-reads their file (at most
@@ -129,6 +131,16 @@ class AccountPool:
                 ordered.insert(0, account)
                 break
         return ordered + relogin
+
+    @staticmethod
+    def _only(account: Account, now: float, subscription: bool) -> list[Account]:
+        """L{candidates} of a pool of one account."""
+        if not subscription and account.subscription:
+            return []
+        status = account.status(now)
+        if status == "ok" or (status == "needs_login" and account.login is not None):
+            return [account]
+        return []
 
     def check_now(self) -> None:
         """Blocking, at start-up: read every login, and warn about each that needs one."""
