@@ -15,6 +15,7 @@ message batch (C{requests[].params.model}) is checked request by request.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any, BinaryIO
 
@@ -141,6 +142,9 @@ def body_models(request: IRequest, body: BinaryIO) -> list[str | None]:
     body.seek(0)
     if not raw.strip():
         return [None]
+    quick = _quick_model(raw)
+    if quick is not None:
+        return [quick]
     try:
         # Objects come back as lists of (key, value) pairs (the hook is C's list: no
         # Python call per object), so a repeated key is still there to be seen.
@@ -156,6 +160,30 @@ def body_models(request: IRequest, body: BinaryIO) -> list[str | None]:
             for params in _values(_pairs(item) or [], "params"):
                 found.extend(_model(v) for v in _values(_pairs(params) or [], "model"))
     return found or [None]
+
+
+#: An escape of a printable ASCII character (C{\\u0065} for C{e}): how a key could spell
+#: C{model} without the bytes C{"model"}. Serialisers do not write these for letters.
+_ASCII_ESCAPE = re.compile(rb"\\u00[2-7][0-9a-fA-F]")
+_MODEL_KEY = re.compile(rb'"model"\s*:\s*"([^"\\]*)"')
+
+
+def _quick_model(raw: bytes) -> str | None:
+    """
+    The model of a body that names it once, found without parsing the whole body (a
+    Claude Code body is often hundreds of kilobytes): only when the bytes C{"model"}
+    occur once, as a key with a plain string value, and no key can be spelt with
+    escapes. C{None}: parse it (L{body_models} does).
+    """
+    if raw.count(b'"model"') != 1 or _ASCII_ESCAPE.search(raw):
+        return None
+    found = _MODEL_KEY.search(raw)
+    if found is None:
+        return None
+    try:
+        return found.group(1).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _pairs(value: Any) -> list[tuple[str, Any]] | None:

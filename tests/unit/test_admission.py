@@ -181,6 +181,30 @@ class BodyModelsTests(SynchronousTestCase):
         (model,) = body_models(req, req.content)
         self.assertFalse(limits(models=["claude-sonnet-*"]).allows_model(model))
 
+    def test_escaped_key_cannot_hide_a_second_model(self) -> None:
+        """
+        A key spelt with escapes (C{mod\\u0065l}) is the key C{model} to a JSON parser:
+        the quick path must not take the plain one and miss it.
+        """
+        raw = b'{"mod\\u0065l": "claude-opus-4-1", "model": "claude-sonnet-4-5"}'
+        error = self.assertRaises(APIError, body_models, request(raw), io.BytesIO(raw))
+        self.assertEqual(error.status, 400)
+        raw = b'{"mod\\u0065l": "claude-opus-4-1"}'
+        self.assertEqual(body_models(request(raw), io.BytesIO(raw)), ["claude-opus-4-1"])
+
+    def test_large_body_with_escapes(self) -> None:
+        """A Claude Code-sized body with escaped text: its one model is found."""
+        text = 'line one\n"quoted" model \t tab ' * 5000
+        body = {"system": text, "model": "claude-sonnet-4-5",
+                "messages": [{"role": "user", "content": text}]}
+        req = request(body)
+        self.assertEqual(body_models(req, req.content), ["claude-sonnet-4-5"])
+
+    def test_model_named_in_a_value_too(self) -> None:
+        """The bytes "model" as a value as well: parsed, and the key's value is used."""
+        req = request({"metadata": {"user_id": "model"}, "model": "claude-haiku-4-5"})
+        self.assertEqual(body_models(req, req.content), ["claude-haiku-4-5"])
+
     def test_rewound(self) -> None:
         req = request({"model": "x", "max_tokens": 3})
         body_models(req, req.content)
