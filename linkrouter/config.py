@@ -101,6 +101,11 @@ class Config:
     pause_at_percent: float | None = None
     #: C{--subscription-clients}: C{any} or C{claude-code}.
     subscription_clients: str = "any"
+    #: Serving processes (C{--workers}); above 1, L{linkrouter.workers} supervises them.
+    workers: int = 1
+    #: This process's index when it is one of those workers (set by L{linkrouter.worker},
+    #: never by an option); C{None} in a router of its own and in the supervisor.
+    worker: int | None = None
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
@@ -201,4 +206,5 @@ def resolve(raw: Mapping[str, object], env: Mapping[str, str]) -> Config:
         oauth_authorize_url=o.OAUTH_AUTHORIZE_URL.read(raw, env),
         pause_at_percent=o.PAUSE_AT_PERCENT.value(raw, env),
         subscription_clients=o.SUBSCRIPTION_CLIENTS_OPTION.read(raw, env),
+        workers=o.WORKERS.read(raw, env),
     )

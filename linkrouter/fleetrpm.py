@@ -10,18 +10,25 @@ admits of the trailing 60 s (by the database server's clock, so the routers' clo
 not matter) and records this one if there is room. The fleet admits at most the limit.
 
 It costs one round trip to the store per request of an rpm-limited token, and nothing for
-any other token. SQLite is one router's store: there the in-memory count is exact already
-and no query is made.
+any other token. SQLite is one host's store: for a router of its own the in-memory count
+is exact already and no query is made; with C{--workers} (several processes on one
+SQLite file) the same count is kept there, in a C{BEGIN IMMEDIATE} transaction (SQLite
+serialises writers) by the host's clock (L{admit_rpm_sqlite}).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
 
-from linkrouter.database import _Cursor
+from linkrouter.database import Database, _Cursor
+
+if TYPE_CHECKING:
+    from linkrouter.config import Config
 
 #: The trailing window of C{rpm}, in seconds.
 WINDOW = 60
@@ -67,12 +74,67 @@ def admit_rpm(cursor: _Cursor, token_id: str, rpm: int) -> Verdict:
     return Verdict(False, count, retry)
 
 
+def admit_rpm_sqlite(cursor: _Cursor, token_id: str, rpm: int,
+                     clock: Callable[[], float] = time.time) -> Verdict:
+    """
+    L{admit_rpm} on SQLite, for the workers of one host sharing its file: the write lock
+    is taken first (C{BEGIN IMMEDIATE}), so the count and the insert are one step for
+    every process. The admits are worth nothing after a minute, so this transaction is
+    committed without waiting for the disk (C{synchronous=NORMAL}: a power cut may lose
+    the last admits, never the file); the connection's setting is restored after it.
+    """
+    connection: Any = cursor.connection  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA synchronous")
+    (before,) = cursor.fetchone()
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    try:
+        cursor.execute("BEGIN IMMEDIATE")
+        now = clock()
+        cursor.execute("DELETE FROM rpm_admits WHERE token_id = ? AND at <= ?",
+                       (token_id, now - WINDOW))
+        cursor.execute("SELECT COUNT(*), MIN(at) FROM rpm_admits WHERE token_id = ?",
+                       (token_id,))
+        count, oldest = cursor.fetchone()
+        admitted = count < rpm
+        if admitted:
+            cursor.execute("INSERT INTO rpm_admits (token_id, at) VALUES (?, ?)",
+                           (token_id, now))
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        cursor.execute(f"PRAGMA synchronous={int(before)}")
+    if admitted:
+        return Verdict(True, count + 1, 0)
+    retry = max(1, math.ceil(float(oldest) + WINDOW - now)) if oldest is not None else 1
+    return Verdict(False, count, retry)
+
+
 @frozen
 class FleetRpm:
-    """Runs L{admit_rpm} through the store's runner (a thread, with a time limit)."""
+    """
+    Runs L{admit_rpm} (or L{admit_rpm_sqlite}) through the store's runner (a thread,
+    with a time limit).
+    """
 
     run: Any
+    sqlite: bool = False
 
     async def admit(self, token_id: str, rpm: int) -> Verdict:
-        verdict: Verdict = await self.run(admit_rpm, token_id, rpm)
+        verdict: Verdict = await self.run(admit_rpm_sqlite if self.sqlite else admit_rpm,
+                                          token_id, rpm)
         return verdict
+
+
+def fleet_rpm(config: Config, run: Any) -> FleetRpm | None:
+    """
+    How a token's rpm is counted beyond this process: in the PostgreSQL store a fleet
+    shares, or in the SQLite file the C{--workers} of one host share; C{None} for a
+    router of its own on SQLite (its own count is the whole count).
+    """
+    if Database(config.database).kind == "postgresql":
+        return FleetRpm(run)
+    if config.workers > 1:
+        return FleetRpm(run, sqlite=True)
+    return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from attrs import asdict, frozen
@@ -27,6 +28,46 @@ from linkrouter.store import UsageDelta
 from linkrouter.usage import UsageBatch
 
 NAME = "usage-journal.jsonl"
+#: The journals of C{--workers}: each worker appends to its own file (two processes never
+#: append to one), named by its index so a restarted worker takes up its predecessor's.
+WORKER_PATTERN = "usage-journal-worker-{index}.jsonl"
+
+
+def journal_name(worker: int | None) -> str:
+    """The journal file name of worker C{worker} (C{None}: a router of its own)."""
+    return NAME if worker is None else WORKER_PATTERN.format(index=worker)
+
+
+def gather(directory: Path, into: str, keep: Iterable[str] = ()) -> int:
+    """
+    Move every journal of C{directory} but C{into} and C{keep} (left by the workers of an
+    earlier run, which may have had more of them, or by a router of its own) to the end
+    of C{into}, so the process that owns C{into} writes them. Call it before any router
+    of this run starts. Batches keep their ids, so one that was written already counts
+    once. Returns how many files were taken up.
+    """
+    taken = 0
+    kept = {into, *keep}
+    for path in sorted(directory.glob("usage-journal*.jsonl")):
+        if path.name in kept:
+            continue
+        text = path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):
+            text += "\n"  # a line cut short stays one bad line, skipped when read
+        if text:
+            _append_text(directory / into, text)
+        path.unlink()
+        taken += 1
+    return taken
+
+
+def _append_text(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, stat.S_IRUSR | stat.S_IWUSR)
+    try:
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 _log = Logger(namespace="linkrouter")
 

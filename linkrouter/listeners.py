@@ -34,6 +34,7 @@ from linkrouter.site import RouterSite
 if TYPE_CHECKING:
     from linkrouter.router import Router
     from linkrouter.tls import ReloadableTLS
+    from linkrouter.workersockets import Inheritance
 
 _log = Logger(namespace="linkrouter")
 
@@ -66,6 +67,8 @@ class Listeners:
     other: list[StreamServerEndpointService] = Factory(list)
     sites: list[RouterSite] = Factory(list)
     tls: list[ReloadableTLS] = Factory(list)
+    #: A worker's sockets (C{--workers}): its listeners adopt them instead of binding.
+    inherited: Inheritance | None = None
 
     @property
     def all(self) -> list[StreamServerEndpointService]:
@@ -82,14 +85,28 @@ class Listeners:
     def listen(self, descriptions: tuple[str, ...], site: RouterSite, option: str,
                into: list[StreamServerEndpointService]) -> None:
         """One listener for each endpoint string."""
+        if self.inherited is not None and not self.inherited.serves(option):
+            return
         for description in map(with_backlog, descriptions):
-            try:
-                listener = strports.service(description, site, reactor=self.reactor)
-            except Exception as e:  # endpoint parsers raise many types
-                raise ConfigError(option, f"{description!r} is not a usable endpoint: {e}"
-                                  ) from None
+            listener = self._service(description, site, option)
             listener.setServiceParent(self.parent)
             into.append(listener)
+
+    def _service(self, description: str, site: RouterSite, option: str
+                 ) -> StreamServerEndpointService:
+        """The listener of one endpoint string; a worker's on the socket it inherited."""
+        if self.inherited is not None:
+            from linkrouter.workersockets import adopted_endpoint
+
+            endpoint = adopted_endpoint(self.reactor, self.inherited.take(option), description)
+            listener = StreamServerEndpointService(endpoint, site)
+            listener._raiseSynchronously = True  # as strports.service does
+            return listener
+        try:
+            return strports.service(description, site, reactor=self.reactor)
+        except Exception as e:  # endpoint parsers raise many types
+            raise ConfigError(option, f"{description!r} is not a usable endpoint: {e}"
+                              ) from None
 
     def listen_tls(self, config: Config, site: RouterSite) -> None:
         """The --tls-cert listener: its certificate is reloaded on SIGHUP."""
@@ -100,7 +117,13 @@ class Listeners:
             tls = ReloadableTLS(config.tls_cert, config.tls_key, config.tls_chain)
         except TLSConfigError as e:
             raise ConfigError("--tls-cert", str(e)) from None
-        endpoint = TLSServerEndpoint(self.reactor, config.tls_port, tls,
+        reactor = self.reactor
+        if self.inherited is not None:
+            from linkrouter.workersockets import TLS_CERT, Adopter
+
+            inherited = self.inherited.take(TLS_CERT)
+            reactor = Adopter(self.reactor, inherited.fd, inherited.family)
+        endpoint = TLSServerEndpoint(reactor, config.tls_port, tls,
                                      interface=_default_host(config), backlog=LISTEN_BACKLOG)
         listener = StreamServerEndpointService(endpoint, site)
         listener._raiseSynchronously = True  # as strports.service does

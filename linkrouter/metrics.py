@@ -227,6 +227,11 @@ class Metrics:
         """A token's C{limit} (one of L{POLICY_LIMITS}) refused a request."""
         self.policy_refusals.labels(limit if limit in POLICY_LIMITS else "other").inc()
 
+    #: Turns this process's exposition into the one served (with C{--workers}: every
+    #: worker's, L{linkrouter.workermetrics}); C{None} serves it as it is.
+    served: Callable[[bytes], bytes] | None = None
+
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition format, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        text = generate_latest(self.registry)
+        return (text if self.served is None else self.served(text)), CONTENT_TYPE_LATEST

@@ -272,6 +272,29 @@ def _default_limits(option: str, value: str) -> Limits | None:
         raise error from None
 
 
+def _workers(option: str, value: str) -> int:
+    """C{auto} (one per CPU core) or a whole number from 1 to L{MAX_WORKERS}."""
+    if value.strip().lower() == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_WORKERS:
+        raise ConfigError(option, f"{value!r} is not auto or a number of processes from 1 "
+                                  f"to {MAX_WORKERS}")
+    return number
+
+
+#: The most serving processes C{--workers} starts.
+MAX_WORKERS = 256
+
+WORKERS = Option(
+    "workers", "Processes serving the listeners: a number, or auto (one per CPU core); "
+    "above 1 a supervising process holds the listeners and restarts a worker that dies.",
+    ("LINKROUTER_WORKERS",), _workers, 1, "1")
+
+
 DEFAULT_LIMITS = Option(
     "default-limits", "Limits (JSON, DESIGN §9) for tokens without limits of their own, "
     "e.g. '{\"rpm\": 60, \"budget_usd\": {\"1d\": 25}}'.", ("LINKROUTER_DEFAULT_LIMITS",),
@@ -358,7 +381,7 @@ OPTIONS: tuple[Option[Any] | Flag | Many, ...] = (
     UPSTREAM_IDLE_TIMEOUT, MAX_COOLDOWN, REFRESH_MARGIN, OAUTH_CLIENT_ID, MODEL_ALIAS,
     ALLOW_UPSTREAM, TLS_CERT, TLS_KEY, TLS_CHAIN, TLS_PORT, METRICS_LISTEN, SHUTDOWN_GRACE,
     STORE_TIMEOUT, REVOCATION_MAX_STALENESS, LOG_FORMAT, HEADER_TIMEOUT, MAX_CONNECTIONS,
-    DEFAULT_LIMITS, PRICES, PAUSE_AT_PERCENT, SUBSCRIPTION_CLIENTS_OPTION,
+    DEFAULT_LIMITS, PRICES, PAUSE_AT_PERCENT, SUBSCRIPTION_CLIENTS_OPTION, WORKERS,
 )
 
 #: Variables without a flag of their own (the seed's, and systemd's).

@@ -40,11 +40,10 @@ from linkrouter.credentials import claude_homes
 from linkrouter.database import Database, StoreError, redact_url
 from linkrouter.dialects import Aliases, Route, messages_route, vertex_route
 from linkrouter.errors import MESSAGES, VERTEX, Dialect
-from linkrouter.fleetrpm import FleetRpm
+from linkrouter.fleetrpm import fleet_rpm
 from linkrouter.gate import TokenGate
 from linkrouter.health import Health
-from linkrouter.journal import NAME as JOURNAL_NAME
-from linkrouter.journal import Journal
+from linkrouter.journal import Journal, journal_name
 from linkrouter.limitsbook import LimitsBook
 from linkrouter.login import Describe, Logins, PendingLogins
 from linkrouter.managedbook import ManagedBook, managed_book
@@ -181,7 +180,7 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
     admin = TokenAdmin(authority, store, revocations, reactor, books.limits.changed)
     metrics = Metrics(lambda: accounts.accounts, revocations.age)
     usage.metrics = metrics
-    fleet = FleetRpm(runner) if Database(config.database).kind == "postgresql" else None
+    fleet = fleet_rpm(config, runner)
     admitter = Admitter(Policy(reactor), books.limits, books.spend, metrics, fleet)
 
     def refreshed(outcome: str) -> None:
@@ -272,7 +271,7 @@ def _token_store(config: Config, reactor: Any) -> tuple[TokenStore, StoreRunner,
                                   max_staleness=config.revocation_max_staleness)
     if revocations_known is not None:
         revocations.loaded(revocations_known)
-    journal = Journal(config.data_dir / JOURNAL_NAME)
+    journal = Journal(config.data_dir / journal_name(config.worker))
     usage = UsageRecorder(
         store, reactor, journal, deferToThread,
         Outage(reactor, "usage", f"usage is kept in memory and in {journal.path} until it "

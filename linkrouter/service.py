@@ -9,8 +9,8 @@ L{RouterService}, which starts, reloads and stops them (L{linkrouter.lifecycle})
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -31,6 +31,10 @@ from linkrouter.router import Router, build_router
 from linkrouter.site import RouterSite
 from linkrouter.storeservice import POLL_SECONDS, STOP_WRITE_SECONDS, StoreService
 from linkrouter.systemd import Notifier
+
+if TYPE_CHECKING:
+    from linkrouter.workers import Supervisor
+    from linkrouter.workersockets import Inheritance
 
 __all__ = ["HSTS", "POLL_SECONDS", "STOP_WRITE_SECONDS", "RouterService", "StoreService",
            "build_router", "makeService", "with_backlog"]
@@ -144,15 +148,46 @@ class _PoolService(Service):
         return closed
 
 
+def _gather_journals(config: Config) -> None:
+    """A router of its own writes the usage journals workers of an earlier run left."""
+    from linkrouter.journal import NAME, gather
+
+    try:
+        if config.data_dir.is_dir():
+            gather(config.data_dir, NAME)
+    except OSError as e:
+        raise ConfigError("--data-dir", f"cannot take up the usage journals in "
+                                        f"{config.data_dir}: {e.strerror}") from None
+
+
 def makeService(config: Config, reactor: Any = None,
-                environ: Mapping[str, str] | None = None) -> RouterService:
-    """The router as a service: collaborators, store, pollers and listeners."""
+                environ: Mapping[str, str] | None = None, *,
+                inheritance: Inheritance | None = None, notifier: Notifier | None = None,
+                args: Sequence[str] = ()) -> RouterService | Supervisor:
+    """
+    The router as a service: collaborators, store, pollers and listeners. With
+    C{--workers} above 1 it is the L{Supervisor} of that many worker processes (started
+    with C{args}, the router's options); a worker passes the sockets it inherited.
+    """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+    env = os.environ if environ is None else environ
+    if config.workers > 1 and inheritance is None:
+        from linkrouter.workers import Supervisor
+
+        return Supervisor.prepare(config, reactor, Notifier(env), args, env)
+    if inheritance is None:
+        _gather_journals(config)
     router, runner, http_pool = build_router(config, reactor)
-    service = RouterService(router, reactor, Notifier(os.environ if environ is None else environ))
+    service = RouterService(router, reactor, notifier or Notifier(env))
+    service.listening.inherited = inheritance
+    if inheritance is not None:
+        from linkrouter.workermetrics import MetricsShare
+
+        MetricsShare.of(config, router.metrics, inheritance.index, reactor
+                        ).setServiceParent(service)
     StoreService(runner, router.store, router.revocations, router.usage, reactor,
                  (router.admitter.limits, router.admitter.spend, router.managed,
                   router.accounts.book)

@@ -33,6 +33,7 @@ from linkrouter.parsing import ConfigError
 
 if TYPE_CHECKING:
     from linkrouter.service import RouterService
+    from linkrouter.workers import Supervisor
 
 
 class Options(usage.Options):
@@ -96,6 +97,8 @@ class Options(usage.Options):
             parent["logger"] = "linkrouter.logs.json_observer"
 
     def parseOptions(self, options: Any = None) -> None:
+        #: The options as given, which the workers of C{--workers} are started with.
+        self.args: list[str] = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except ConfigUsageError as e:
@@ -114,9 +117,10 @@ def _stop(line: str) -> NoReturn:
     raise SystemExit(1)
 
 
-def makeService(options: Options, reactor: Any = None) -> RouterService:
+def makeService(options: Options, reactor: Any = None) -> RouterService | Supervisor:
     """
-    Build the router service from parsed options (see L{linkrouter.service}).
+    Build the router service from parsed options (see L{linkrouter.service}), or with
+    C{--workers} above 1 their supervisor (L{linkrouter.workers}).
 
     Under twistd (or the .tac: L{Options.daemon}) a configuration error stops the process
     with one line, and the service handles SIGTERM and SIGHUP; otherwise the error is
@@ -126,7 +130,7 @@ def makeService(options: Options, reactor: Any = None) -> RouterService:
 
     daemon = options.daemon
     try:
-        service = build_service(options.config, reactor)
+        service = build_service(options.config, reactor, args=getattr(options, "args", ()))
     except ConfigError as e:
         if not daemon:
             raise
