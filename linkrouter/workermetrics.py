@@ -118,7 +118,7 @@ class MetricsShare(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._done = self._loop.start(SHARE_SECONDS, now=True)
+        self._done = self._loop.start(SHARE_SECONDS, now=False)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()

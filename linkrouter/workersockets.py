@@ -153,7 +153,8 @@ class Binder:
                                                   backlog, mode, wantPID))
 
     def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
-        self.fd, self.family = fileDescriptor, addressFamily
+        # The endpoint closes its descriptor once this returns: keep a copy.
+        self.fd, self.family = os.dup(fileDescriptor), addressFamily
         return None
 
 
@@ -193,7 +194,8 @@ class Adopter:
         return self._adopt(factory)
 
     def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
-        return self._adopt(factory)
+        # An endpoint that adopts (systemd:) closes the descriptor itself.
+        return self.reactor.adoptStreamPort(self.fd, self.family, factory)
 
 
 def parse(reactor: Any, description: str, option: str) -> IStreamServerEndpoint:
@@ -232,7 +234,9 @@ class Bound:
         """Stop holding it (the workers' copies decide when it stops accepting)."""
         if self.port is not None:
             self.port.stopListening()
-            self.port = None
+        elif self.fd >= 0:
+            os.close(self.fd)  # a copy of a socket passed to the supervisor (systemd:)
+        self.port, self.fd = None, -1
 
 
 def bind(reactor: Any, planned: Planned, config: Config) -> Bound:

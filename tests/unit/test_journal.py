@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from linkrouter.journal import Journal
+from linkrouter.journal import Journal, gather, journal_name
 from linkrouter.outage import Outage
 from linkrouter.store import (
     BlockingRunner,
@@ -200,3 +200,34 @@ class JournalTests(SynchronousTestCase):
         [batch] = self.journal.read()
         self.assertEqual(batch.deltas[0].requests, 2)
         self.assertIn("Skipping line 2", logs.text())
+
+
+class WorkerJournalTests(SynchronousTestCase):
+    """With C{--workers} each worker has its own journal; what no worker owns is gathered."""
+
+    def test_names(self) -> None:
+        """A router of its own keeps the old name; each worker has one of its own."""
+        self.assertEqual(journal_name(None), "usage-journal.jsonl")
+        self.assertEqual(journal_name(3), "usage-journal-worker-3.jsonl")
+
+    def test_gather(self) -> None:
+        """
+        The journals of an earlier run's workers (and of a router of its own) go to the
+        end of the one named, batch ids intact, a line cut short kept apart; the journals
+        this run's other workers own stay.
+        """
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        batch = '{"batch": "b%d", "usage": []}\n'
+        (directory / "usage-journal-worker-1.jsonl").write_text(batch % 1)
+        (directory / "usage-journal-worker-2.jsonl").write_text(batch % 2 + '{"batch": "b')
+        (directory / "usage-journal.jsonl").write_text(batch % 9)
+        taken = gather(directory, journal_name(0), [journal_name(1)])
+        self.assertEqual(taken, 2)
+        self.assertEqual(sorted(p.name for p in directory.iterdir()),
+                         ["usage-journal-worker-0.jsonl", "usage-journal-worker-1.jsonl"])
+        batches = Journal(directory / journal_name(0)).read()
+        self.assertEqual(sorted(b.id for b in batches), ["b2", "b9"])
+        self.assertEqual(stat.S_IMODE((directory / journal_name(0)).stat().st_mode), 0o600)
+        self.assertEqual(gather(directory, "usage-journal.jsonl"), 2)
+        self.assertEqual([p.name for p in directory.iterdir()], ["usage-journal.jsonl"])
