@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,8 @@ from stack import ROUTER_ENV_DROP, Proxy, Stack
 
 #: What 2 workers must serve, relative to 1, at c=100 (issue 14).
 TARGET = 1.6
+#: An access line of a worker (its index).
+WORKER_LINE = re.compile(r"AccessLog#info worker (\d+)\] POST ")
 
 
 def tree_cpu(pid: int) -> float:
@@ -100,6 +104,7 @@ class Bench:
         self.counts = [1, args.workers]
         self.findings: list[str] = []
         self.verdicts: list[str] = []
+        self.seen = 0
 
     def one(self, measure: Measure, proxy: Proxy, connections: int, duration: int
             ) -> dict[str, float]:
@@ -130,6 +135,8 @@ class Bench:
             say(f"{r + 1:<7}{a['rps']:>11.0f}{b['rps']:>11.0f}{ratio(b['rps'], a['rps']):>8}"
                 f"{a['router']:>18.2f}{b['router']:>6.2f}{a['upstream']:>13.2f}"
                 f"{b['upstream']:>6.2f}")
+        say(f"requests each of the {many} workers answered this level: "
+            + ", ".join(f"worker {w}: {n}" for w, n in sorted(self.shares(many).items())))
         paired = statistics.median(b["rps"] / a["rps"] for a, b in zip(rows[one], rows[many]))
         medians = {n: statistics.median(x["rps"] for x in rows[n]) for n in self.counts}
         verdict = (f"c={connections}: {many} workers {medians[many]:.0f} req/s, 1 worker "
@@ -139,6 +146,12 @@ class Bench:
             verdict += ": " + ("PASS" if paired >= TARGET else "FAIL") + f" (>= {TARGET}x)"
         self.verdicts.append(verdict)
         say("verdict " + verdict)
+
+    def shares(self, many: int) -> Counter[int]:
+        """Access lines per worker in the many-worker router's log since the last call."""
+        text = (self.tmp / f"router-{many}w.log").read_text(errors="replace")
+        seen, self.seen = self.seen, len(text)
+        return Counter(int(w) for w in WORKER_LINE.findall(text[seen:]))
 
     def run(self) -> int:
         args = self.args
