@@ -138,4 +138,8 @@ def makeService(options: Options, reactor: Any = None) -> RouterService | Superv
     if daemon:
         service.on_config_error = lambda error: _stop(str(error))
         service.handle_signals = True
+    if hasattr(service, "relay_logs"):  # the supervisor of --workers
+        from linkrouter.workers import logs_elsewhere
+
+        service.relay_logs = logs_elsewhere(getattr(options, "parent", None))
     return service

@@ -10,7 +10,8 @@ C{WATCHDOG=1} every second), one JSON string a line on descriptor 3. Its standar
 is the other end: when the supervisor is gone it stops (drains) on its own.
 
 Its log lines go to the supervisor's standard output, in the configured format, marked
-with the worker's index.
+with the worker's index; when the supervisor logs elsewhere (a file, syslog, or it is a
+daemon), they travel on descriptor 3 too and the supervisor logs them.
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ from collections.abc import Callable
 from typing import IO, Any, NoReturn
 
 from attrs import define, evolve, field
-from twisted.internet.error import ReactorNotRunning
-from twisted.internet.protocol import Protocol
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.error import ConnectionDone, ReactorNotRunning
+from twisted.internet.fdesc import readFromFD, setNonBlocking
 from twisted.logger import (
     FileLogObserver,
+    ILogObserver,
     Logger,
+    eventAsText,
     formatEventAsClassicLogText,
     globalLogBeginner,
 )
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from linkrouter.systemd import Notifier
 
@@ -48,11 +53,22 @@ def encode(state: str) -> bytes:
 
 
 def decode(line: bytes) -> dict[str, str]:
-    """A line of the channel as its assignments (C{{"READY": "1", "STATUS": ...}})."""
+    """A notification line as its assignments (C{{"READY": "1", "STATUS": ...}})."""
     state = json.loads(line)
     if not isinstance(state, str):
         raise ValueError("not a notification")
     return dict(part.split("=", 1) for part in state.splitlines() if "=" in part)
+
+
+def read(line: bytes) -> dict[str, Any]:
+    """
+    A line of the channel: a notification's assignments, or C{{"log": fields}} for a
+    relayed log event. @raise ValueError: neither.
+    """
+    found = json.loads(line)
+    if isinstance(found, dict) and isinstance(found.get("log"), dict):
+        return found
+    return decode(line)
 
 
 @define
@@ -68,33 +84,88 @@ class WorkerNotifier(Notifier):
         return HEARTBEAT_SECONDS
 
 
-class SupervisorLine(Protocol):
+class SupervisorLine(FileDescriptor):
     """
-    The worker's end of its channel (standard input from the supervisor, descriptor 3
-    to it). Nothing is expected on standard input; its end means the supervisor is gone.
+    The worker's end of its channel: what it says is written to descriptor 3 at once
+    (as a log line is written: in order, nothing lost when the worker ends); standard
+    input is only watched, its end meaning the supervisor is gone (then the worker stops,
+    draining, on its own).
     """
 
-    def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
+    def __init__(self, reactor: Any, watch: int = 0, out: int = NOTIFY_FD) -> None:
+        super().__init__(reactor)
+        self._core = reactor
+        self._watch = watch
+        self._out = out
         self.gone = False
+        setNonBlocking(watch)
+        self.startReading()
+
+    def fileno(self) -> int:
+        return self._watch
+
+    def doRead(self) -> Any:
+        return readFromFD(self._watch, lambda data: None)
 
     def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.gone:
-            self.transport.write(data)
+        """Write C{data} whole (blocking while the supervisor's pipe is full)."""
+        while data and not self.gone:
+            try:
+                data = data[os.write(self._out, data):]
+            except InterruptedError:
+                continue
+            except OSError:  # the supervisor is gone; the end of stdin says so too
+                self.gone = True
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.gone = True
-        if not self._reactor.running:
+        super().connectionLost(reason or Failure(ConnectionDone()))
+        if not self._core.running:  # the reactor's own shutdown (it drops every reader)
             return
         _log.warn("The supervising process is gone: stopping")
         try:
-            self._reactor.stop()
+            self._core.stop()
         except ReactorNotRunning:
             pass
 
 
-def log_observer(log_format: str, index: int, out: IO[str]) -> FileLogObserver:
-    """The worker's log lines: its supervisor's format, marked with the worker's index."""
+#: The fields of an access line that travel with a relayed event (for JSON logs).
+_ACCESS_FIELDS = ("access", "request_id", "method", "path", "status", "duration_ms",
+                  "bytes", "token_id", "account_id", "upstream_status")
+
+
+def relayed(event: dict[str, Any]) -> bytes:
+    """
+    A log event as one line of the worker's channel (when the supervisor's log is not
+    its standard output): its text (and traceback), level, namespace, time and the
+    access fields; the supervisor logs it as its own, marked with the worker.
+    """
+    record = {key: event[key] for key in _ACCESS_FIELDS if key in event}
+    record.update(text=eventAsText(event, includeTimestamp=False, includeSystem=False),
+                  level=getattr(event.get("log_level"), "name", "info"),
+                  namespace=event.get("log_namespace", "-"),
+                  system=event.get("log_system"), time=event.get("log_time", 0.0))
+    return json.dumps({"log": record}, default=str).encode("utf-8") + b"\n"
+
+
+@implementer(ILogObserver)
+class _Relay:
+    """Sends each event to the supervisor (L{relayed})."""
+
+    def __init__(self, send: Callable[[bytes], object]) -> None:
+        self._send = send
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self._send(relayed(event))
+
+
+def log_observer(log_format: str, index: int, out: IO[str],
+                 relay: Callable[[bytes], object] | None = None) -> ILogObserver:
+    """
+    The worker's log lines: its supervisor's format, marked with the worker's index;
+    with C{relay}, each event goes to the supervisor instead (L{relayed}).
+    """
+    if relay is not None:
+        return _Relay(relay)
     if log_format == "json":
         from linkrouter.logs import json_line
 
@@ -117,12 +188,11 @@ def main(argv: list[str]) -> NoReturn:
     """Run worker C{$LINKROUTER_WORKER} of a router started with C{argv} (its options)."""
     from twisted.application import app, service
     from twisted.internet import reactor
-    from twisted.internet._posixstdio import StandardIO
 
     from linkrouter.parsing import ConfigError
     from linkrouter.service import makeService
     from linkrouter.tap import Options, _stop
-    from linkrouter.workersockets import Inheritance, inherited_from
+    from linkrouter.workersockets import Inheritance, inherited_from, relay_logs
 
     found = inherited_from(os.environ)
     if found is None:
@@ -131,10 +201,11 @@ def main(argv: list[str]) -> NoReturn:
     options = Options(os.environ, daemon=True)
     options.parseOptions(argv)
     config = evolve(options.config, worker=index)
-    globalLogBeginner.beginLoggingTo([log_observer(config.log_format, index, sys.stdout)],
-                                     redirectStandardIO=False)
     line = SupervisorLine(reactor)
-    StandardIO(line, stdin=0, stdout=NOTIFY_FD, reactor=reactor)
+    relay = line.send if relay_logs(os.environ) else None
+    globalLogBeginner.beginLoggingTo(
+        [log_observer(config.log_format, index, sys.stdout, relay)],
+        redirectStandardIO=False)
     try:
         router = makeService(config, reactor, inheritance=Inheritance(index, sockets),
                              notifier=WorkerNotifier(send=line.send))

@@ -38,7 +38,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 import linkrouter
@@ -46,7 +46,7 @@ from linkrouter import lifecycle
 from linkrouter.config import Config
 from linkrouter.parsing import ConfigError
 from linkrouter.systemd import Notifier
-from linkrouter.worker import HEARTBEAT_SECONDS, NOTIFY_FD, decode
+from linkrouter.worker import HEARTBEAT_SECONDS, NOTIFY_FD, read
 from linkrouter.workersockets import (
     FIRST_SOCKET_FD,
     WORKER_VARIABLE,
@@ -133,15 +133,36 @@ class _Channel(ProcessProtocol):
         *lines, self._buffer = (self._buffer + data).split(b"\n")
         for line in lines:
             try:
-                state = decode(line)
+                said = read(line)
             except ValueError:
                 _log.warn("Worker {index} said something that is not a notification",
                           index=self._slot.index)
                 continue
-            self._supervisor.heard(self._slot, state)
+            if "log" in said:
+                self._supervisor.relay(self._slot, said["log"])
+            else:
+                self._supervisor.heard(self._slot, said)
 
     def processEnded(self, reason: Failure) -> None:
         self._supervisor.ended(self._slot, reason)
+
+
+def logs_elsewhere(twistd: Mapping[str, Any] | None, stdout: int = 1) -> bool:
+    """
+    Whether the supervisor's log is somewhere its workers cannot write directly: twistd's
+    C{--logfile} or C{--syslog}, a daemon's default C{twistd.log}, or a standard output
+    that goes nowhere (a daemon started from a C{.tac}). C{twistd}: twistd's options when
+    known.
+    """
+    if twistd is not None and not twistd.get("logger"):
+        if twistd.get("syslog") or not twistd.get("nodaemon"):
+            return True
+        if twistd.get("logfile") not in (None, "", "-"):
+            return True
+    try:
+        return os.path.samestat(os.fstat(stdout), os.stat(os.devnull))
+    except OSError:
+        return True  # closed
 
 
 def _how(reason: Failure) -> str:
@@ -170,6 +191,9 @@ class Supervisor(Service):
         self.slots = [Slot(i) for i in range(config.workers)]
         #: Called instead of raising when a listener cannot bind (twistd: print, exit 1).
         self.on_config_error: Callable[[ConfigError], None] | None = None
+        #: Workers send their log events here (this process's log is not its standard
+        #: output: L{logs_elsewhere}) instead of writing them to standard output.
+        self.relay_logs = False
         #: Install SIGTERM/SIGHUP handlers when the reactor runs (twistd and the .tac).
         self.handle_signals = False
         self.signals = lifecycle.Signals(reactor, self.reload)
@@ -235,7 +259,7 @@ class Supervisor(Service):
     def _environment(self, slot: Slot) -> dict[str, str]:
         env = {k: v for k, v in self.environ.items() if k not in _SYSTEMD_ONLY}
         env[WORKER_VARIABLE] = describe(slot.index, [(b.option, b.family)
-                                                     for b in slot.sockets])
+                                                     for b in slot.sockets], self.relay_logs)
         # The worker imports this same linkrouter (a checkout's, under the .tac, too).
         root = str(Path(linkrouter.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
@@ -273,6 +297,18 @@ class Supervisor(Service):
             slot.reloading = False
             if self._reload is not None and not any(s.reloading for s in self.slots):
                 self._reloaded()
+
+    def relay(self, slot: Slot, fields: Mapping[str, Any]) -> None:
+        """Log a worker's event (L{linkrouter.worker.relayed}) as this process's own."""
+        event = {key: value for key, value in fields.items()
+                 if key not in ("text", "level", "namespace", "system", "time")}
+        system = fields.get("system") or f"{fields.get('namespace')}#{fields.get('level')}"
+        event.update(log_format="{log_text}", log_text=fields.get("text", ""),
+                     log_level=LogLevel.levelWithName(str(fields.get("level", "info"))),
+                     log_namespace=fields.get("namespace", "-"),
+                     log_system=f"{system} worker {slot.index}",
+                     log_time=fields.get("time", self.reactor.seconds()))
+        globalLogPublisher(event)
 
     def _serving_changed(self) -> None:
         if self.stopping:

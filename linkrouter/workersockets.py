@@ -270,9 +270,18 @@ def _address(binder: Binder) -> str:
     return str(name)
 
 
-def describe(index: int, sockets: Sequence[tuple[str, int]]) -> str:
-    """The value of L{WORKER_VARIABLE}: the worker's index and its sockets (option, family)."""
-    return json.dumps({"index": index, "sockets": [list(s) for s in sockets]})
+def describe(index: int, sockets: Sequence[tuple[str, int]], relay: bool = False) -> str:
+    """
+    The value of L{WORKER_VARIABLE}: the worker's index, its sockets (option, family)
+    and whether it sends its log events to the supervisor (L{relay_logs}).
+    """
+    return json.dumps({"index": index, "sockets": [list(s) for s in sockets],
+                       "relay_logs": relay})
+
+
+def relay_logs(environ: Mapping[str, str]) -> bool:
+    """Whether this worker sends its log events to the supervisor (see L{describe})."""
+    return bool(json.loads(environ.get(WORKER_VARIABLE) or "{}").get("relay_logs"))
 
 
 def inherited_from(environ: Mapping[str, str]) -> tuple[int, list[Inherited]] | None:

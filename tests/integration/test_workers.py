@@ -96,7 +96,10 @@ class Workers:
         return cls(Path(daemon.log.name))
 
     def text(self) -> str:
-        return self.log.read_text(errors="replace")
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""  # not written yet
 
     def served(self, path: str, since: int = 0) -> dict[int, list[str]]:
         """The statuses each worker answered C{path} with (log lines after C{since})."""
@@ -354,3 +357,71 @@ class SocketActivationTests(TestCase):
         self.assertEqual(process.returncode, 0, workers.text()[-3000:])
         # Still listening (systemd's copy): a connection queues for the next start.
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+class LogAndParentTests(TestCase):
+    """Where the workers' lines go, and workers outliving no supervisor."""
+
+    timeout = 90
+
+    def start(self, *twistd: str) -> tuple[subprocess.Popen[bytes], Path, Workers]:
+        """A supervisor of two workers with twistd options C{twistd}; its output, log."""
+        base = Path(self.mktemp()).resolve()
+        base.mkdir()
+        out = base / "stdout.log"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base),
+               "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        with open(out, "wb") as stdout:
+            process = subprocess.Popen(
+                [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                 "-n", "--pidfile=", *twistd, "linkrouter", "--listen",
+                 "tcp:0:interface=127.0.0.1", "--workers", "2", "--data-dir",
+                 str(base / "state"), "--upstream", "http://127.0.0.1:9",
+                 "--upstream-api-key", "sk-test", "--shutdown-grace", "1"],
+                cwd=base, env=env, stdout=stdout, stderr=subprocess.STDOUT)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        return process, out, Workers(base / "twistd.log" if twistd else out)
+
+    async def test_logfile(self) -> None:
+        """
+        With twistd's --logfile the workers' lines (to their last) are in that file,
+        marked with the worker, and nothing is written to standard output.
+        """
+        process, out, workers = self.start("--logfile", "twistd.log")
+        ready = await workers.until(r"linkrouter is ready on 127\.0\.0\.1:(\d+) with 2")
+        port = int(ready.group(1))
+        await on_both(port, "/health", workers, method="GET")
+        process.send_signal(signal.SIGTERM)
+        await in_thread(process.wait, 30)
+        self.assertEqual(process.returncode, 0)
+        text = workers.text()
+        for index in (0, 1):
+            self.assertIn(f"[twisted.internet.base#info worker {index}] Main loop terminated",
+                          text)
+        self.assertEqual(out.read_text(), "")
+
+    async def test_supervisor_gone(self) -> None:
+        """Workers whose supervisor was killed stop on their own, closing the port."""
+        process, _, workers = self.start()
+        ready = await workers.until(r"linkrouter is ready on 127\.0\.0\.1:(\d+) with 2")
+        port = int(ready.group(1))
+        pids = list(workers.pids().values())
+        process.kill()
+        await in_thread(process.wait, 10)
+        await workers.until(r"worker 0\] The supervising process is gone: stopping")
+        await workers.until(r"worker 1\] The supervising process is gone: stopping")
+        for _ in range(100):
+            if not any(_alive(pid) for pid in pids):
+                break
+            await sleep(0.1)
+        self.assertEqual([pid for pid in pids if _alive(pid)], [])
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether C{pid} runs (a zombie, reaped by nobody here, does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

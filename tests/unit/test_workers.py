@@ -17,13 +17,13 @@ from typing import Any
 from attrs import Factory, define
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from linkrouter.config import ConfigError, resolve
 from linkrouter.systemd import Notifier
-from linkrouter.worker import WorkerNotifier, decode, encode, log_observer
+from linkrouter.worker import WorkerNotifier, decode, encode, log_observer, relayed
 from linkrouter.workers import (
     FIRST_RESTART_SECONDS,
     HANG_SECONDS,
@@ -32,6 +32,7 @@ from linkrouter.workers import (
     STOP_MARGIN_SECONDS,
     Supervisor,
     _Channel,
+    logs_elsewhere,
 )
 from linkrouter.workersockets import WORKER_VARIABLE, Bound, inherited_from
 
@@ -307,3 +308,41 @@ class OptionTests(SynchronousTestCase):
                                       {"HOME": "/nowhere"})
             self.assertEqual(error.option, "--workers")
             self.assertIn(repr(value), str(error))
+
+
+class RelayTests(SynchronousTestCase):
+    """A worker's log events through its supervisor (when its log is not stdout)."""
+
+    def test_relayed(self) -> None:
+        """The supervisor logs the worker's event as its own, marked, fields kept."""
+        event = {"log_format": "GET {path} 200", "path": "/health", "log_time": 12.5,
+                 "log_level": LogLevel.warn, "log_namespace": "linkrouter.access",
+                 "access": True, "request_id": "req_1", "status": 200}
+        record = json.loads(relayed(event))["log"]
+        supervisor = Supervisor(resolve({"workers": "2"}, {"HOME": "/nowhere"}),
+                                MemoryReactorClock(), Recording({}), [], {}, spawn=Spawner())
+        with capturedLogs() as events:
+            supervisor.relay(supervisor.slots[1], record)
+        (logged,) = events
+        self.assertEqual(formatEvent(logged), "GET /health 200")
+        self.assertEqual((logged["log_level"], logged["log_time"], logged["log_system"]),
+                         (LogLevel.warn, 12.5, "linkrouter.access#warn worker 1"))
+        self.assertEqual((logged["request_id"], logged["status"]), ("req_1", 200))
+
+    def test_where_the_log_goes(self) -> None:
+        """
+        Relayed with twistd's --logfile or --syslog, as a daemon, or when standard output
+        goes nowhere; written directly to a foreground supervisor's standard output.
+        """
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        foreground = {"nodaemon": True, "logfile": None, "syslog": False, "logger": None}
+        self.assertFalse(logs_elsewhere(foreground, write))
+        self.assertFalse(logs_elsewhere({**foreground, "logfile": "-"}, write))
+        self.assertTrue(logs_elsewhere({**foreground, "logfile": "x.log"}, write))
+        self.assertTrue(logs_elsewhere({**foreground, "syslog": True}, write))
+        self.assertTrue(logs_elsewhere({**foreground, "nodaemon": False}, write))
+        self.assertFalse(logs_elsewhere(None, write))
+        with open(os.devnull, "wb") as null:
+            self.assertTrue(logs_elsewhere(None, null.fileno()))
