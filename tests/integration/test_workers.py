@@ -302,6 +302,9 @@ class WorkersTests(TestCase):
         self.assertEqual({s for s, _ in answers}, {403})
         self.assertEqual({w: set(s) for w, s in workers.served("/v1/messages", mark).items()},
                          {0: {"403"}, 1: {"403"}})
+        daemon.signal(signal.SIGTERM)  # the workers close their upstream connections
+        self.assertEqual(await daemon.exit_status(), 0)
+        await sleep(0.2)
 
 
 #: What systemd does between fork and exec (as L{tests.integration.test_systemd}): the
