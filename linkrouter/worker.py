@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import IO, Any, NoReturn
 
 from attrs import define, evolve, field
@@ -30,6 +30,7 @@ from twisted.logger import (
     FileLogObserver,
     ILogObserver,
     Logger,
+    LogLevel,
     eventAsText,
     formatEventAsClassicLogText,
     globalLogBeginner,
@@ -145,6 +146,18 @@ def relayed(event: dict[str, Any]) -> bytes:
                   namespace=event.get("log_namespace", "-"),
                   system=event.get("log_system"), time=event.get("log_time", 0.0))
     return json.dumps({"log": record}, default=str).encode("utf-8") + b"\n"
+
+
+def as_event(fields: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """A relayed event (L{relayed}) back as a log event of worker C{index}."""
+    event = {key: value for key, value in fields.items()
+             if key not in ("text", "level", "namespace", "system", "time")}
+    system = fields.get("system") or f"{fields.get('namespace')}#{fields.get('level')}"
+    event.update(log_format="{log_text}", log_text=fields.get("text", ""),
+                 log_level=LogLevel.levelWithName(str(fields.get("level", "info"))),
+                 log_namespace=fields.get("namespace", "-"),
+                 log_system=f"{system} worker {index}", log_time=fields.get("time", 0.0))
+    return event
 
 
 @implementer(ILogObserver)

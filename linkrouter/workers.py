@@ -32,13 +32,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.error import CannotListenError, ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 import linkrouter
@@ -46,7 +44,8 @@ from linkrouter import lifecycle
 from linkrouter.config import Config
 from linkrouter.parsing import ConfigError
 from linkrouter.systemd import Notifier
-from linkrouter.worker import HEARTBEAT_SECONDS, NOTIFY_FD, read
+from linkrouter.worker import HEARTBEAT_SECONDS, NOTIFY_FD, as_event
+from linkrouter.workerslots import Channel, Slot, how, logs_elsewhere
 from linkrouter.workersockets import (
     FIRST_SOCKET_FD,
     WORKER_VARIABLE,
@@ -59,7 +58,7 @@ from linkrouter.workersockets import (
 )
 from linkrouter.workerstart import prepare_once
 
-__all__ = ["HANG_SECONDS", "Supervisor"]
+__all__ = ["HANG_SECONDS", "Supervisor", "logs_elsewhere"]
 
 _log = Logger(namespace="linkrouter")
 
@@ -78,100 +77,6 @@ RELOAD_SECONDS = 30.0
 #: What systemd gives the supervisor alone.
 _SYSTEMD_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID",
                  "LISTEN_FDS", "LISTEN_FDNAMES")
-
-
-@define(eq=False)
-class Slot:
-    """One worker's place: the process in it now, and what the supervisor knows of it."""
-
-    index: int
-    sockets: list[Bound] = field(factory=list)
-    process: Any = None
-    pid: int | None = None
-    serving: bool = False
-    reloading: bool = False
-    started: float = 0.0
-    heard: float = 0.0
-    quick_deaths: int = 0
-    restart: Any = None
-    _waiting: list[Deferred[None]] = field(factory=list)
-
-    def notifyFinish(self) -> Deferred[None]:
-        """Fires when the process in this slot has ended (at once if there is none)."""
-        done: Deferred[None] = Deferred()
-        if self.process is None:
-            done.callback(None)
-        else:
-            self._waiting.append(done)
-        return done
-
-    def ended(self) -> None:
-        self.process, self.serving, self.reloading = None, False, False
-        waiting, self._waiting = self._waiting, []
-        for done in waiting:
-            done.callback(None)
-
-    def signal(self, name: str) -> None:
-        if self.process is not None:
-            try:
-                self.process.signalProcess(name)
-            except ProcessExitedAlready:
-                pass
-
-
-class _Channel(ProcessProtocol):
-    """The supervisor's end of one worker's line (its notifications) and its end."""
-
-    def __init__(self, supervisor: Supervisor, slot: Slot) -> None:
-        self._supervisor = supervisor
-        self._slot = slot
-        self._buffer = b""
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD != NOTIFY_FD:
-            return
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
-        for line in lines:
-            try:
-                said = read(line)
-            except ValueError:
-                _log.warn("Worker {index} said something that is not a notification",
-                          index=self._slot.index)
-                continue
-            if "log" in said:
-                self._supervisor.relay(self._slot, said["log"])
-            else:
-                self._supervisor.heard(self._slot, said)
-
-    def processEnded(self, reason: Failure) -> None:
-        self._supervisor.ended(self._slot, reason)
-
-
-def logs_elsewhere(twistd: Mapping[str, Any] | None, stdout: int = 1) -> bool:
-    """
-    Whether the supervisor's log is somewhere its workers cannot write directly: twistd's
-    C{--logfile} or C{--syslog}, a daemon's default C{twistd.log}, or a standard output
-    that goes nowhere (a daemon started from a C{.tac}). C{twistd}: twistd's options when
-    known.
-    """
-    if twistd is not None and not twistd.get("logger"):
-        if twistd.get("syslog") or not twistd.get("nodaemon"):
-            return True
-        if twistd.get("logfile") not in (None, "", "-"):
-            return True
-    try:
-        return os.path.samestat(os.fstat(stdout), os.stat(os.devnull))
-    except OSError:
-        return True  # closed
-
-
-def _how(reason: Failure) -> str:
-    """How a process ended, in words."""
-    value = reason.value
-    signal = getattr(value, "signal", None)
-    if signal is not None:
-        return f"was killed by signal {signal}"
-    return f"exited with status {getattr(value, 'exitCode', None) or 0}"
 
 
 class Supervisor(Service):
@@ -273,7 +178,7 @@ class Supervisor(Service):
         argv = [sys.executable, "-m", "linkrouter.worker", *self.args]
         now = self.reactor.seconds()
         try:
-            slot.process = self.spawn(_Channel(self, slot), sys.executable, argv,
+            slot.process = self.spawn(Channel(self, slot), sys.executable, argv,
                                       env=self._environment(slot), childFDs=fds)
         except OSError as e:
             _log.error("Cannot start worker {index}: {why}", index=slot.index, why=str(e))
@@ -300,15 +205,7 @@ class Supervisor(Service):
 
     def relay(self, slot: Slot, fields: Mapping[str, Any]) -> None:
         """Log a worker's event (L{linkrouter.worker.relayed}) as this process's own."""
-        event = {key: value for key, value in fields.items()
-                 if key not in ("text", "level", "namespace", "system", "time")}
-        system = fields.get("system") or f"{fields.get('namespace')}#{fields.get('level')}"
-        event.update(log_format="{log_text}", log_text=fields.get("text", ""),
-                     log_level=LogLevel.levelWithName(str(fields.get("level", "info"))),
-                     log_namespace=fields.get("namespace", "-"),
-                     log_system=f"{system} worker {slot.index}",
-                     log_time=fields.get("time", self.reactor.seconds()))
-        globalLogPublisher(event)
+        globalLogPublisher(as_event(fields, slot.index))
 
     def _serving_changed(self) -> None:
         if self.stopping:
@@ -335,19 +232,19 @@ class Supervisor(Service):
 
     def ended(self, slot: Slot, reason: Failure) -> None:
         """A worker's process ended: replace it (or, stopping, count it out)."""
-        how, pid = _how(reason), slot.pid
+        ending, pid = how(reason), slot.pid
         slot.ended()
         if self.stopping:
-            _log.info("Worker {index} (pid {pid}) {how}", index=slot.index, pid=pid, how=how)
+            _log.info("Worker {index} (pid {pid}) {how}", index=slot.index, pid=pid, how=ending)
             return
         if not self.serving:
             _log.error("Worker {index} (pid {pid}) {how} before it served: stopping",
-                       index=slot.index, pid=pid, how=how)
+                       index=slot.index, pid=pid, how=ending)
             self._fail()
             return
         delay = self._replace(slot, slot.started)
         _log.warn("Worker {index} (pid {pid}) {how}; a new one starts in {delay:g} s",
-                  index=slot.index, pid=pid, how=how, delay=delay)
+                  index=slot.index, pid=pid, how=ending, delay=delay)
         self._serving_changed()
 
     def _replace(self, slot: Slot, started: float) -> float:

@@ -31,9 +31,9 @@ from linkrouter.workers import (
     STABLE_SECONDS,
     STOP_MARGIN_SECONDS,
     Supervisor,
-    _Channel,
     logs_elsewhere,
 )
+from linkrouter.workerslots import Channel
 from linkrouter.workersockets import WORKER_VARIABLE, Bound, inherited_from
 
 
@@ -69,7 +69,7 @@ class Spawner:
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, protocol: _Channel, executable: str, argv: list[str],
+    def __call__(self, protocol: Channel, executable: str, argv: list[str],
                  env: dict[str, str], childFDs: dict[int, Any]) -> FakeProcess:
         process = FakeProcess(1000 + len(self.calls))
         self.calls.append({"protocol": protocol, "argv": argv, "env": env,
