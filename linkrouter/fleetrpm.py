@@ -21,14 +21,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from attrs import frozen
 
 from linkrouter.database import Database, _Cursor
-
-if TYPE_CHECKING:
-    from linkrouter.config import Config
 
 #: The trailing window of C{rpm}, in seconds.
 WINDOW = 60
@@ -127,14 +124,14 @@ class FleetRpm:
         return verdict
 
 
-def fleet_rpm(config: Config, run: Any) -> FleetRpm | None:
+def fleet_rpm(database: str, workers: int, run: Any) -> FleetRpm | None:
     """
     How a token's rpm is counted beyond this process: in the PostgreSQL store a fleet
-    shares, or in the SQLite file the C{--workers} of one host share; C{None} for a
-    router of its own on SQLite (its own count is the whole count).
+    shares, or in the SQLite file the C{workers} of one host share; C{None} for a router
+    of its own on SQLite (its own count is the whole count). C{database}: the store's URL.
     """
-    if Database(config.database).kind == "postgresql":
+    if Database(database).kind == "postgresql":
         return FleetRpm(run)
-    if config.workers > 1:
+    if workers > 1:
         return FleetRpm(run, sqlite=True)
     return None

@@ -180,7 +180,7 @@ def build_router(config: Config, reactor: Any) -> tuple[Router, StoreRunner,
     admin = TokenAdmin(authority, store, revocations, reactor, books.limits.changed)
     metrics = Metrics(lambda: accounts.accounts, revocations.age)
     usage.metrics = metrics
-    fleet = fleet_rpm(config, runner)
+    fleet = fleet_rpm(config.database, config.workers, runner)
     admitter = Admitter(Policy(reactor), books.limits, books.spend, metrics, fleet)
 
     def refreshed(outcome: str) -> None:

@@ -185,9 +185,10 @@ def makeService(config: Config, reactor: Any = None,
     service.listening.inherited = inheritance
     if inheritance is not None:
         from linkrouter.workermetrics import MetricsShare
+        from linkrouter.workerstart import metrics_directory
 
-        MetricsShare.of(config, router.metrics, inheritance.index, reactor
-                        ).setServiceParent(service)
+        MetricsShare(router.metrics, inheritance.index, metrics_directory(config), reactor
+                     ).setServiceParent(service)
     StoreService(runner, router.store, router.revocations, router.usage, reactor,
                  (router.admitter.limits, router.admitter.spend, router.managed,
                   router.accounts.book)

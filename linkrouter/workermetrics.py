@@ -24,14 +24,14 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from linkrouter.config import Config
 from linkrouter.metrics import Metrics
-from linkrouter.workerstart import metrics_directory
 
 _log = Logger(namespace="linkrouter")
 
 #: How often a worker leaves its metrics and reads the others'.
 SHARE_SECONDS = 1.0
+#: Where (in the data directory) each worker leaves its metrics for the others.
+DIRECTORY = "worker-metrics"
 
 
 def labelled(line: str, worker: int) -> str:
@@ -98,10 +98,6 @@ class MetricsShare(Service):
         self._loop.clock = clock
         self._done: Deferred[Any] | None = None
         metrics.served = self.exposition
-
-    @classmethod
-    def of(cls, config: Config, metrics: Metrics, index: int, clock: Any) -> MetricsShare:
-        return cls(metrics, index, metrics_directory(config), clock)
 
     def exposition(self, own: bytes) -> bytes:
         """What a scrape answers: this worker's exposition C{own} and the others'."""

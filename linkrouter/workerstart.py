@@ -22,16 +22,14 @@ from linkrouter.journal import gather, journal_name
 from linkrouter.parsing import ConfigError
 from linkrouter.state import load_secrets
 from linkrouter.store import prepare
+from linkrouter.workermetrics import DIRECTORY
 from linkrouter.workersockets import TLS_CERT, Binder, parse, plan
 
 _log = Logger(namespace="linkrouter")
 
-#: Where each worker leaves its metrics for the others (L{linkrouter.workermetrics}).
-METRICS_DIRECTORY = "worker-metrics"
-
-
 def metrics_directory(config: Config) -> Path:
-    return config.data_dir / METRICS_DIRECTORY
+    """Where each worker leaves its metrics for the others (L{linkrouter.workermetrics})."""
+    return config.data_dir / DIRECTORY
 
 
 def prepare_once(config: Config, reactor: Any) -> None:

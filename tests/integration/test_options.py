@@ -19,7 +19,8 @@ class LayerTests(SynchronousTestCase):
     def test_nothing_imports_the_top(self) -> None:
         """Only the CLI imports the tap; only the tap imports the service; nothing
         imports the CLI."""
-        allowed = {"linkrouter.tap": {"cli"}, "linkrouter.service": {"tap"},
+        # linkrouter.worker is the entry point of a --workers process, as tap is twistd's.
+        allowed = {"linkrouter.tap": {"cli", "worker"}, "linkrouter.service": {"tap", "worker"},
                    "linkrouter.cli": set()}
         for path in PACKAGE.glob("*.py"):
             for top, who in allowed.items():
@@ -30,7 +31,9 @@ class LayerTests(SynchronousTestCase):
         """Collaborators take their defaults from L{linkrouter.defaults} and times from
         L{linkrouter.timefmt}: none imports the configuration or the token authority
         for them."""
-        composers = {"config", "state", "tap", "cli", "service", "router", "listeners"}
+        composers = {"config", "state", "tap", "cli", "service", "router", "listeners",
+                     # --workers: the supervisor, its start-up and sockets, the worker's tap
+                     "workers", "workerstart", "workersockets", "worker"}
         for path in PACKAGE.glob("*.py"):
             if path.stem in composers:
                 continue

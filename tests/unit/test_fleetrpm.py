@@ -12,7 +12,6 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from linkrouter.config import resolve
 from linkrouter.database import Database
 from linkrouter.fleetrpm import admit_rpm_sqlite, fleet_rpm
 from linkrouter.parsing import sqlite_url
@@ -75,8 +74,10 @@ class SQLiteRpmTests(SynchronousTestCase):
 class ChoiceTests(SynchronousTestCase):
     def test_choice(self) -> None:
         """The store counts rpm on PostgreSQL, and on SQLite only for several workers."""
-        home = {"HOME": "/nowhere"}
-        self.assertIsNone(fleet_rpm(resolve({}, home), object()))
-        self.assertTrue(fleet_rpm(resolve({"workers": "2"}, home), object()).sqlite)
-        pg = fleet_rpm(resolve({"database": "postgresql://x/y"}, home), object())
-        self.assertFalse(pg.sqlite)
+        sqlite = "sqlite:///var/lib/linkrouter/store.sqlite3"
+        self.assertIsNone(fleet_rpm(sqlite, 1, object()))
+        on_sqlite = fleet_rpm(sqlite, 2, object())
+        self.assertTrue(on_sqlite is not None and on_sqlite.sqlite)
+        for workers in (1, 2):
+            on_pg = fleet_rpm("postgresql://x/y", workers, object())
+            self.assertTrue(on_pg is not None and not on_pg.sqlite)
