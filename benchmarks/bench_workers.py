@@ -8,9 +8,11 @@ directory; the load (C{wrk}, else the built-in client) alternates between them r
 round at each concurrency, small Messages POSTs with JSON answers and one client token
 valid on both. Nothing is pinned: the workers need every core (the upstream and the load
 generator share them, as they would on a small host). For each round it prints both
-routers' requests/s, their ratio, and the CPU seconds each router (all its processes),
-the upstream and the load generator used per second of load, so that a round where
-something else took the cores can be told apart.
+routers' requests/s, their ratio, the CPU seconds each router (all its processes) and
+the upstream used per second of load, and how many of the machine's CPU seconds per
+second went idle; the rest went to the load generator and to whatever else runs on the
+machine. A round pair where that rest stayed under L{QUIET} is undisturbed: the verdict
+gives the ratio over all rounds and over the undisturbed ones.
 
 Usage (from the repository root)::
 
@@ -33,7 +35,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from common import LOOPBACK, REPO, cpu_seconds, free_port, ratio, say
+from common import LOOPBACK, REPO, TICK, cpu_seconds, free_port, ratio, say
 from measure import Measure, choose_loadgen, loadgen_label
 from processes import Failed, Processes, script, twistd_command
 from report import source_fingerprint
@@ -41,6 +43,9 @@ from stack import ROUTER_ENV_DROP, Proxy, Stack
 
 #: What 2 workers must serve, relative to 1, at c=100 (issue 14).
 TARGET = 1.6
+#: A round is undisturbed when the load generator and everything else on the machine took
+#: at most this many CPU seconds per second (wrk alone takes about 0.1 at 3,000 req/s).
+QUIET = 0.25
 #: An access line of a worker (its index).
 WORKER_LINE = re.compile(r"AccessLog#info worker (\d+)\] POST ")
 
@@ -59,6 +64,12 @@ def tree_cpu(pid: int) -> float:
         except OSError:
             continue
     return total
+
+
+def machine_idle() -> float:
+    """Seconds every CPU of the machine spent idle so far (C{/proc/stat}, all CPUs)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return (int(fields[3]) + int(fields[4])) / TICK  # idle + iowait
 
 
 class WorkersStack(Stack):
@@ -110,14 +121,20 @@ class Bench:
             ) -> dict[str, float]:
         upstream = self.stack.upstream.pid
         before, up_before = tree_cpu(proxy.process.pid), cpu_seconds(upstream)
+        idle_before = machine_idle()
         result = measure.load(proxy.port, connections, duration, 0)
         router, up = tree_cpu(proxy.process.pid) - before, cpu_seconds(upstream) - up_before
+        idle = machine_idle() - idle_before
         if result["non2xx"] or result["errors"] or not result["requests"]:
             self.findings.append(f"c={connections} {proxy.name}: {result['requests']} "
                                  f"requests, {result['non2xx']} non-2xx, "
                                  f"{result['errors']} errors")
         seconds = result["requests"] / result["rps"] if result["requests"] else duration
-        return {"rps": result["rps"], "router": router / seconds, "upstream": up / seconds}
+        cpus = len(os.sched_getaffinity(0))
+        return {"rps": result["rps"], "router": router / seconds, "upstream": up / seconds,
+                "idle": idle / seconds,
+                # the load generator and anything else running on the machine
+                "rest": max(0.0, cpus - (router + up + idle) / seconds)}
 
     def level(self, measure: Measure, routers: dict[int, Proxy], connections: int) -> None:
         args = self.args
@@ -127,14 +144,16 @@ class Bench:
         rows: dict[int, list[dict[str, float]]] = {n: [] for n in self.counts}
         one, many = self.counts
         say(f"{'round':<7}{f'{one}w req/s':>11}{f'{many}w req/s':>11}{'ratio':>8}"
-            f"{'CPU/s: router 1w':>18}{f'{many}w':>6}{'upstream 1w':>13}{f'{many}w':>6}")
+            f"{'CPU/s: router 1w':>18}{f'{many}w':>6}{'upstream 1w':>13}{f'{many}w':>6}"
+            f"{'idle 1w':>9}{f'{many}w':>6}{'rest 1w':>9}{f'{many}w':>6}")
         for r in range(args.rounds):
             for n in self.counts if r % 2 == 0 else reversed(self.counts):
                 rows[n].append(self.one(measure, routers[n], connections, args.duration))
             a, b = rows[one][-1], rows[many][-1]
             say(f"{r + 1:<7}{a['rps']:>11.0f}{b['rps']:>11.0f}{ratio(b['rps'], a['rps']):>8}"
                 f"{a['router']:>18.2f}{b['router']:>6.2f}{a['upstream']:>13.2f}"
-                f"{b['upstream']:>6.2f}")
+                f"{b['upstream']:>6.2f}{a['idle']:>9.2f}{b['idle']:>6.2f}"
+                f"{a['rest']:>9.2f}{b['rest']:>6.2f}")
         say(f"requests each of the {many} workers answered this level: "
             + ", ".join(f"worker {w}: {n}" for w, n in sorted(self.shares(many).items())))
         paired = statistics.median(b["rps"] / a["rps"] for a, b in zip(rows[one], rows[many]))
@@ -142,6 +161,10 @@ class Bench:
         verdict = (f"c={connections}: {many} workers {medians[many]:.0f} req/s, 1 worker "
                    f"{medians[one]:.0f} req/s (medians): {paired:.2f}x (median of the "
                    f"rounds' ratios)")
+        quiet = [b["rps"] / a["rps"] for a, b in zip(rows[one], rows[many])
+                 if max(a["rest"], b["rest"]) <= QUIET]
+        verdict += (f"; {statistics.median(quiet):.2f}x over the {len(quiet)} round(s) that "
+                    f"nothing else disturbed" if quiet else "; every round was disturbed")
         if connections == 100 and many == 2:
             verdict += ": " + ("PASS" if paired >= TARGET else "FAIL") + f" (>= {TARGET}x)"
         self.verdicts.append(verdict)
