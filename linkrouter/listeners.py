@@ -98,7 +98,8 @@ class Listeners:
         if self.inherited is not None:
             from linkrouter.workersockets import adopted_endpoint
 
-            endpoint = adopted_endpoint(self.reactor, self.inherited.take(option), description)
+            endpoint = adopted_endpoint(self.inherited.adopter(self.reactor, option),
+                                        description, option)
             listener = StreamServerEndpointService(endpoint, site)
             listener._raiseSynchronously = True  # as strports.service does
             return listener
@@ -119,10 +120,9 @@ class Listeners:
             raise ConfigError("--tls-cert", str(e)) from None
         reactor = self.reactor
         if self.inherited is not None:
-            from linkrouter.workersockets import TLS_CERT, Adopter
+            from linkrouter.workersockets import TLS_CERT
 
-            inherited = self.inherited.take(TLS_CERT)
-            reactor = Adopter(self.reactor, inherited.fd, inherited.family)
+            reactor = self.inherited.adopter(self.reactor, TLS_CERT)
         endpoint = TLSServerEndpoint(reactor, config.tls_port, tls,
                                      interface=_default_host(config), backlog=LISTEN_BACKLOG)
         listener = StreamServerEndpointService(endpoint, site)
@@ -167,6 +167,8 @@ def open_listeners(listeners: Listeners, config: Config, router: Router) -> None
 
     tree, admin = router.resources()
     main = site(tree, config.max_body_size, clients)
+    if listeners.inherited is not None and listeners.inherited.balance is not None:
+        listeners.inherited.balance.load = lambda: clients.open  # what the workers compare
     listeners.listen(config.listen, main, "--listen", listeners.clients)
     if config.tls_cert is not None and config.tls_key is not None:
         listeners.listen_tls(config, main)

@@ -189,6 +189,12 @@ def makeService(config: Config, reactor: Any = None,
 
         MetricsShare(router.metrics, inheritance.index, metrics_directory(config), reactor
                      ).setServiceParent(service)
+        if inheritance.board is not None:
+            from linkrouter.workerbalance import Balance, Board
+
+            inheritance.balance = Balance(Board.attach(inheritance.board, inheritance.workers),
+                                          inheritance.index, reactor)
+            inheritance.balance.setServiceParent(service)
     StoreService(runner, router.store, router.revocations, router.usage, reactor,
                  (router.admitter.limits, router.admitter.spend, router.managed,
                   router.accounts.book)

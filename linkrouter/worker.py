@@ -205,12 +205,12 @@ def main(argv: list[str]) -> NoReturn:
     from linkrouter.parsing import ConfigError
     from linkrouter.service import makeService
     from linkrouter.tap import Options, _stop
-    from linkrouter.workersockets import Inheritance, inherited_from, relay_logs
+    from linkrouter.workersockets import inherited_from, relay_logs
 
-    found = inherited_from(os.environ)
-    if found is None:
+    inheritance = inherited_from(os.environ)
+    if inheritance is None:
         _stop("linkrouter.worker runs only under a linkrouter started with --workers")
-    index, sockets = found
+    index = inheritance.index
     options = Options(os.environ, daemon=True)
     options.parseOptions(argv)
     config = evolve(options.config, worker=index)
@@ -220,7 +220,7 @@ def main(argv: list[str]) -> NoReturn:
         [log_observer(config.log_format, index, sys.stdout, relay)],
         redirectStandardIO=False)
     try:
-        router = makeService(config, reactor, inheritance=Inheritance(index, sockets),
+        router = makeService(config, reactor, inheritance=inheritance,
                              notifier=WorkerNotifier(send=line.send))
     except ConfigError as e:
         _stop(str(e))

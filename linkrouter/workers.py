@@ -45,8 +45,10 @@ from linkrouter.config import Config
 from linkrouter.parsing import ConfigError
 from linkrouter.systemd import Notifier
 from linkrouter.worker import HEARTBEAT_SECONDS, NOTIFY_FD, as_event
+from linkrouter.workerbalance import EMPTY, Board
 from linkrouter.workerslots import Channel, Slot, how, logs_elsewhere
 from linkrouter.workersockets import (
+    BOARD_FD,
     FIRST_SOCKET_FD,
     WORKER_VARIABLE,
     Bound,
@@ -94,6 +96,8 @@ class Supervisor(Service):
         self.planned: list[Planned] = plan(config)
         self.bound: list[Bound] = []
         self.slots = [Slot(i) for i in range(config.workers)]
+        #: How many client connections each worker holds (L{linkrouter.workerbalance}).
+        self.board, self.board_fd = Board.create(config.workers)
         #: Called instead of raising when a listener cannot bind (twistd: print, exit 1).
         self.on_config_error: Callable[[ConfigError], None] | None = None
         #: Workers send their log events here (this process's log is not its standard
@@ -164,7 +168,8 @@ class Supervisor(Service):
     def _environment(self, slot: Slot) -> dict[str, str]:
         env = {k: v for k, v in self.environ.items() if k not in _SYSTEMD_ONLY}
         env[WORKER_VARIABLE] = describe(slot.index, [(b.option, b.family)
-                                                     for b in slot.sockets], self.relay_logs)
+                                                     for b in slot.sockets], self.relay_logs,
+                                        len(self.slots), board=True)
         # The worker imports this same linkrouter (a checkout's, under the .tac, too).
         root = str(Path(linkrouter.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
@@ -172,7 +177,8 @@ class Supervisor(Service):
 
     def _spawn(self, slot: Slot) -> None:
         slot.restart = None
-        fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, NOTIFY_FD: "r"}
+        fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, NOTIFY_FD: "r",
+                                     BOARD_FD: self.board_fd}
         for n, bound in enumerate(slot.sockets):
             fds[FIRST_SOCKET_FD + n] = bound.fd
         argv = [sys.executable, "-m", "linkrouter.worker", *self.args]
@@ -234,6 +240,7 @@ class Supervisor(Service):
         """A worker's process ended: replace it (or, stopping, count it out)."""
         ending, pid = how(reason), slot.pid
         slot.ended()
+        self.board.publish(slot.index, EMPTY)
         if self.stopping:
             _log.info("Worker {index} (pid {pid}) {how}", index=slot.index, pid=pid, how=ending)
             return

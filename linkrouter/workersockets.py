@@ -36,6 +36,7 @@ from linkrouter.parsing import ConfigError
 
 if TYPE_CHECKING:
     from linkrouter.config import Config
+    from linkrouter.workerbalance import Balance
 
 #: The option of the C{--tls-cert} listener in a plan (it has no endpoint string).
 TLS_CERT = "--tls-cert"
@@ -43,9 +44,13 @@ TLS_CERT = "--tls-cert"
 FIRST_WORKER_ONLY = frozenset({"--admin-listen"})
 #: The variable that tells a worker its index and the sockets it inherited.
 WORKER_VARIABLE = "LINKROUTER_WORKER"
-#: The first descriptor of the inherited sockets in a worker (0-2 are stdio, 3 the
-#: worker's line to the supervisor).
-FIRST_SOCKET_FD = 4
+#: The descriptor of the board the workers share (L{linkrouter.workerbalance}), and the
+#: first of the inherited sockets in a worker (0-2 are stdio, 3 the worker's line to
+#: the supervisor).
+BOARD_FD = 4
+FIRST_SOCKET_FD = 5
+#: The listeners whose new connections the workers spread by load.
+BALANCED = frozenset({"--listen", TLS_CERT})
 
 
 @frozen
@@ -84,10 +89,22 @@ class Inherited:
 
 @define
 class Inheritance:
-    """The sockets a worker inherited, handed out to its listeners in L{plan}'s order."""
+    """
+    The sockets a worker inherited, handed out to its listeners in L{plan}'s order, and
+    (with a board) how the client listeners spread new connections over the workers.
+    """
 
     index: int
     sockets: list[Inherited]
+    workers: int = 1
+    board: int | None = None
+    balance: Balance | None = None
+
+    def adopter(self, reactor: Any, option: str) -> Adopter:
+        """The reactor stand-in for the next listener of C{option}."""
+        inherited = self.take(option)
+        balance = self.balance if option in BALANCED else None
+        return Adopter(reactor, inherited.fd, inherited.family, balance)
 
     def serves(self, option: str) -> bool:
         return serves(self.index, option)
@@ -169,6 +186,7 @@ class Adopter:
     reactor: Any
     fd: int
     family: int
+    balance: Balance | None = None
 
     def __attrs_post_init__(self) -> None:
         directlyProvides(self, *providedBy(self.reactor))
@@ -177,9 +195,16 @@ class Adopter:
         return getattr(self.reactor, name)
 
     def _adopt(self, factory: Any) -> Any:
-        port = self.reactor.adoptStreamPort(self.fd, self.family, factory)
+        port = self._port(factory)
         os.close(self.fd)
         return port
+
+    def _port(self, factory: Any) -> Any:
+        if self.balance is not None and self.family in (socket.AF_INET, socket.AF_INET6):
+            from linkrouter.workerbalance import adopt
+
+            return adopt(self.reactor, self.fd, self.family, factory, self.balance)
+        return self.reactor.adoptStreamPort(self.fd, self.family, factory)
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = ""
                   ) -> Any:
@@ -195,7 +220,7 @@ class Adopter:
 
     def adoptStreamPort(self, fileDescriptor: int, addressFamily: int, factory: Any) -> Any:
         # An endpoint that adopts (systemd:) closes the descriptor itself.
-        return self.reactor.adoptStreamPort(self.fd, self.family, factory)
+        return self._port(factory)
 
 
 def parse(reactor: Any, description: str, option: str) -> IStreamServerEndpoint:
@@ -207,17 +232,16 @@ def parse(reactor: Any, description: str, option: str) -> IStreamServerEndpoint:
     return endpoint
 
 
-def adopted_endpoint(reactor: Any, inherited: Inherited, description: str
+def adopted_endpoint(adopter: Adopter, description: str, option: str
                      ) -> IStreamServerEndpoint:
     """
     The endpoint a worker serves C{description} on: the inherited socket, adopted. A
     C{systemd:} socket is adopted directly (the worker is not the process systemd
     passed it to, so it cannot look it up again).
     """
-    adopter = Adopter(reactor, inherited.fd, inherited.family)
     if description.startswith("systemd:"):
-        return AdoptedStreamServerEndpoint(adopter, inherited.fd, inherited.family)
-    return parse(adopter, description, inherited.option)
+        return AdoptedStreamServerEndpoint(adopter, adopter.fd, adopter.family)
+    return parse(adopter, description, option)
 
 
 @define(eq=False)
@@ -270,13 +294,15 @@ def _address(binder: Binder) -> str:
     return str(name)
 
 
-def describe(index: int, sockets: Sequence[tuple[str, int]], relay: bool = False) -> str:
+def describe(index: int, sockets: Sequence[tuple[str, int]], relay: bool = False,
+             workers: int = 1, board: bool = False) -> str:
     """
-    The value of L{WORKER_VARIABLE}: the worker's index, its sockets (option, family)
-    and whether it sends its log events to the supervisor (L{relay_logs}).
+    The value of L{WORKER_VARIABLE}: the worker's index, its sockets (option, family),
+    whether it sends its log events to the supervisor (L{relay_logs}), how many workers
+    there are and whether it got their board (L{BOARD_FD}).
     """
     return json.dumps({"index": index, "sockets": [list(s) for s in sockets],
-                       "relay_logs": relay})
+                       "relay_logs": relay, "workers": workers, "board": board})
 
 
 def relay_logs(environ: Mapping[str, str]) -> bool:
@@ -284,16 +310,16 @@ def relay_logs(environ: Mapping[str, str]) -> bool:
     return bool(json.loads(environ.get(WORKER_VARIABLE) or "{}").get("relay_logs"))
 
 
-def inherited_from(environ: Mapping[str, str]) -> tuple[int, list[Inherited]] | None:
-    """The index and sockets L{describe} gave this process; C{None} outside a worker."""
+def inherited_from(environ: Mapping[str, str]) -> Inheritance | None:
+    """What L{describe} gave this process; C{None} outside a worker."""
     text = environ.get(WORKER_VARIABLE)
     if not text:
         return None
     found = json.loads(text)
-    return int(found["index"]), [
-        Inherited(option, FIRST_SOCKET_FD + n, int(family))
-        for n, (option, family) in enumerate(found["sockets"])
-    ]
+    sockets = [Inherited(option, FIRST_SOCKET_FD + n, int(family))
+               for n, (option, family) in enumerate(found["sockets"])]
+    return Inheritance(int(found["index"]), sockets, int(found.get("workers", 1)),
+                       BOARD_FD if found.get("board") else None)
 
 
 def addresses(bound: Iterable[Bound]) -> str:

@@ -126,14 +126,16 @@ class SupervisorTests(SynchronousTestCase):
         to the supervisor on 3, and none of systemd's variables.
         """
         first, second = self.spawn.calls
+        board = self.supervisor.board_fd
         self.assertEqual(first["argv"][1:], ["-m", "linkrouter.worker", "--workers", "2"])
-        self.assertEqual(first["fds"], {0: "w", 1: 1, 2: 2, 3: "r", 4: 7, 5: 8})
-        self.assertEqual(second["fds"], {0: "w", 1: 1, 2: 2, 3: "r", 4: 7})
+        self.assertEqual(first["fds"], {0: "w", 1: 1, 2: 2, 3: "r", 4: board, 5: 7, 6: 8})
+        self.assertEqual(second["fds"], {0: "w", 1: 1, 2: 2, 3: "r", 4: board, 5: 7})
         self.assertNotIn("NOTIFY_SOCKET", first["env"])
-        index, sockets = inherited_from(second["env"]) or (None, [])
-        self.assertEqual(index, 1)
-        self.assertEqual([(s.option, s.fd, s.family) for s in sockets],
-                         [("--listen", 4, socket.AF_INET)])
+        inheritance = inherited_from(second["env"])
+        assert inheritance is not None
+        self.assertEqual((inheritance.index, inheritance.workers, inheritance.board), (1, 2, 4))
+        self.assertEqual([(s.option, s.fd, s.family) for s in inheritance.sockets],
+                         [("--listen", 5, socket.AF_INET)])
         self.assertIn(str(Path(__file__).resolve().parents[2]), first["env"]["PYTHONPATH"])
         self.assertIn(WORKER_VARIABLE, first["env"])
 
@@ -164,7 +166,7 @@ class SupervisorTests(SynchronousTestCase):
             self.assertEqual(len(self.spawn.calls), spawned)
             self.clock.advance(0.01)
             self.assertEqual(len(self.spawn.calls), spawned + 1)
-            self.assertEqual(self.spawn.calls[-1]["fds"][5], 8)  # still worker 0's sockets
+            self.assertEqual(self.spawn.calls[-1]["fds"][6], 8)  # still worker 0's sockets
             self.spawn.end(len(self.spawn.calls) - 1, KILLED)
         self.clock.advance(8 * FIRST_RESTART_SECONDS)
         latest = len(self.spawn.calls) - 1

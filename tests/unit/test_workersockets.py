@@ -59,9 +59,10 @@ class PlanTests(SynchronousTestCase):
 
     def test_described(self) -> None:
         """A worker reads back its index and its sockets, numbered from descriptor 4."""
-        env = {"LINKROUTER_WORKER": describe(1, [("--listen", 2), ("--tls-cert", 10)])}
-        self.assertEqual(inherited_from(env), (1, [Inherited("--listen", 4, 2),
-                                                   Inherited("--tls-cert", 5, 10)]))
+        env = {"LINKROUTER_WORKER": describe(1, [("--listen", 2), ("--tls-cert", 10)],
+                                             workers=3, board=True)}
+        self.assertEqual(inherited_from(env), Inheritance(
+            1, [Inherited("--listen", 5, 2), Inherited("--tls-cert", 6, 10)], 3, 4))
         self.assertIsNone(inherited_from({}))
 
     def test_taken_in_order(self) -> None:
@@ -101,8 +102,9 @@ class AdopterTests(SynchronousTestCase):
         fd = self.descriptor()
         from linkrouter.workersockets import adopted_endpoint
 
-        endpoint = adopted_endpoint(reactor, Inherited("--listen", fd, socket.AF_INET6),
-                                    f"ssl:8443:privateKey={files.key}:certKey={files.cert}")
+        endpoint = adopted_endpoint(Adopter(reactor, fd, socket.AF_INET6),
+                                    f"ssl:8443:privateKey={files.key}:certKey={files.cert}",
+                                    "--listen")
         endpoint.listen(object())  # type: ignore[arg-type]
         ((adopted, family, factory),) = reactor.adoptedPorts
         self.assertEqual((adopted, family), (fd, socket.AF_INET6))
@@ -114,8 +116,8 @@ class AdopterTests(SynchronousTestCase):
         fd = self.descriptor()
         from linkrouter.workersockets import adopted_endpoint
 
-        endpoint = adopted_endpoint(reactor, Inherited("--listen", fd, socket.AF_INET),
-                                    "systemd:domain=INET:index=0")
+        endpoint = adopted_endpoint(Adopter(reactor, fd, socket.AF_INET),
+                                    "systemd:domain=INET:index=0", "--listen")
         endpoint.listen(object())  # type: ignore[arg-type]
         self.assertEqual(reactor.adoptedPorts[0][:2], (fd, socket.AF_INET))
         self.assertTrue(closed(fd))  # by the endpoint, once
