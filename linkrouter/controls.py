@@ -29,14 +29,9 @@ from twisted.logger import Logger
 
 from linkrouter.database import Database, StoreError, _Cursor, _reason, redact_url
 from linkrouter.outage import Outage
+from linkrouter.polling import Polled
 from linkrouter.records import _maybe_moment, _moment
 from linkrouter.timefmt import isoformat
-
-#: Seconds between full re-reads of every control.
-RESYNC_SECONDS = 600.0
-#: An incremental poll re-reads the changes stamped this many seconds before the last
-#: good poll started (clock skew between writers, commits that land late).
-OVERLAP_SECONDS = 120
 
 _COLUMNS = "account_id, disabled, reset_at, updated_at"
 
@@ -114,7 +109,7 @@ class ControlQueries:
 
 
 @define(eq=False)
-class ControlsBook:
+class ControlsBook(Polled):
     """
     Every account's control, applied to the pool.
 
@@ -143,10 +138,9 @@ class ControlsBook:
 
     def loaded(self, controls: Iterable[Control]) -> None:
         """Take every control, read just now (at start-up): no reset is replayed."""
-        now = self.clock.seconds()
         self._controls = {}
         self._take(controls, replay=False)
-        self.loaded_at = self._full_at = now
+        self._loaded_now()
         self.apply()
 
     def changed(self, control: Control) -> None:
@@ -159,26 +153,15 @@ class ControlsBook:
 
     async def refresh(self) -> None:
         """Poll the store (the changes since the last good poll, or everything); apply."""
-        started = self.clock.seconds()
         first = self.loaded_at is None
-        full = first or self._full_at is None or started - self._full_at >= RESYNC_SECONDS
-        assert self.outage is not None
-        try:
-            if full:
-                controls = await self.store.all_controls()
-            else:
-                assert self.loaded_at is not None
-                controls = await self.store.controls_since(int(self.loaded_at)
-                                                           - OVERLAP_SECONDS)
-        except Exception as e:  # keep the last good view and keep polling
-            self.outage.failed(e)
+        read = await self._read(self.store.all_controls, self.store.controls_since)
+        if read is None:
             return
-        self.outage.answered()
+        started, full, controls = read
         if full:
             self._controls = {}
-            self._full_at = started
         self._take(controls, replay=not first)
-        self.loaded_at = max(self.loaded_at or started, started)
+        self._done(started, full)
         self.apply()
 
     def _take(self, controls: Iterable[Control], replay: bool) -> None:

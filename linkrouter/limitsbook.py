@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_limitsbook,tests.integration.test_fleet_limits -*-
+# -*- test-case-name: tests.unit.test_admission,tests.integration.test_fleet_limits -*-
 """
 Every token's own limits, kept in memory so finding them costs no query, and the default
 (C{--default-limits}) for tokens with none.
@@ -7,8 +7,8 @@ The book is loaded whole at start and then polled every second for the tokens wh
 limits were set or cleared since the last good poll (less a margin for clock skew between
 instances and slow commits, as for revocations), so a change made anywhere (this
 instance's admin API, another instance's, the CLI) holds everywhere within about two
-seconds. Every L{RESYNC_SECONDS} it is read whole again. A change made through this
-instance's admin API is applied at once.
+seconds (L{linkrouter.polling}). Every ten minutes it is read whole again. A change made
+through this instance's admin API is applied at once.
 
 Until the first load has succeeded, L{LimitsBook.problem} says why tokens cannot be
 admitted: a token's own limits are unknown, and the router does not fail open.
@@ -24,16 +24,11 @@ from twisted.logger import Logger
 
 from linkrouter.limits import Limits, effective
 from linkrouter.outage import Outage
-
-#: Seconds between full re-reads of every token's limits.
-RESYNC_SECONDS = 600.0
-#: An incremental poll re-reads the changes stamped this many seconds before the last
-#: good poll started (clock skew between instances, commits that land late).
-OVERLAP_SECONDS = 120
+from linkrouter.polling import Polled
 
 
 @define(eq=False)
-class LimitsBook:
+class LimitsBook(Polled):
     """
     The limits of every token that has its own, and the C{default} for the rest.
 
@@ -70,9 +65,8 @@ class LimitsBook:
 
     def loaded(self, entries: Iterable[tuple[str, Limits]]) -> None:
         """Take every token's limits, read just now (at start-up)."""
-        now = self.clock.seconds()
         self._own = dict(entries)
-        self.loaded_at = self._full_at = now
+        self._loaded_now()
 
     def changed(self, token_id: str, limits: Limits | None) -> None:
         """A change made by this process: it holds at once."""
@@ -83,24 +77,13 @@ class LimitsBook:
 
     async def refresh(self) -> None:
         """Poll the store: the changes since the last good poll, or everything."""
-        started = self.clock.seconds()
-        full = (self.loaded_at is None or self._full_at is None
-                or started - self._full_at >= RESYNC_SECONDS)
-        assert self.outage is not None
-        try:
-            if full:
-                entries = await self.store.all_limits()
-            else:
-                assert self.loaded_at is not None
-                changes = await self.store.limits_since(int(self.loaded_at) - OVERLAP_SECONDS)
-        except Exception as e:  # keep the last good view and keep polling
-            self.outage.failed(e)
+        read = await self._read(self.store.all_limits, self.store.limits_since)
+        if read is None:
             return
-        self.outage.answered()
+        started, full, found = read
         if full:
-            self._own = dict(entries)
-            self._full_at = started
+            self._own = dict(found)
         else:
-            for token_id, limits in changes:
+            for token_id, limits in found:
                 self.changed(token_id, limits)
-        self.loaded_at = max(self.loaded_at or started, started)
+        self._done(started, full)

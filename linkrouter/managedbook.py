@@ -6,7 +6,7 @@ a pair rotated by another instance is used here, and a removed account leaves, w
 few seconds, without a restart.
 
 The poll reads the accounts changed since the last good poll (less a margin for clock
-skew and late commits, as for token limits); every L{RESYNC_SECONDS} it reads them all
+skew and late commits, as for token limits); every ten minutes it reads them all
 and lets go of any the store no longer has. An account whose credential this router's
 account key cannot open stays in the pool as C{needs_login}: one line at start says so
 for all of them (and one line for each such account that appears later); nothing is
@@ -31,17 +31,13 @@ from linkrouter.database import Database, StoreError, _reason, redact_url
 from linkrouter.managedlogin import ManagedLogin
 from linkrouter.oauth import TokenEndpoint
 from linkrouter.outage import Outage
+from linkrouter.polling import Polled
 from linkrouter.refresh import REFRESH_MARGIN, LoginLifecycle, LoginNeeded
 from linkrouter.sealing import AccountKey
 from linkrouter.store import BlockingRunner
 
 _log = Logger(namespace="linkrouter")
 
-#: Seconds between full re-reads of every managed account.
-RESYNC_SECONDS = 600.0
-#: An incremental poll re-reads the changes stamped this many seconds before the last
-#: good poll started.
-OVERLAP_SECONDS = 120
 
 
 def lease_owner() -> str:
@@ -50,7 +46,7 @@ def lease_owner() -> str:
 
 
 @define(eq=False)
-class ManagedBook:
+class ManagedBook(Polled):
     """
     Keeps the pool's managed accounts in step with the store.
 
@@ -92,33 +88,21 @@ class ManagedBook:
 
     def loaded(self, records: Iterable[ManagedRecord]) -> None:
         """Take every managed account, read just now (at start-up or the first poll)."""
-        now = self.clock.seconds()
         self._full(list(records), first=True)
-        self.loaded_at = self._full_at = now
+        self._loaded_now()
 
     async def refresh(self) -> None:
         """Poll the store: the changes since the last good poll, or everything."""
-        started = self.clock.seconds()
-        full = (self.loaded_at is None or self._full_at is None
-                or started - self._full_at >= RESYNC_SECONDS)
-        assert self.outage is not None
-        try:
-            if full:
-                records = await self.store.all()
-            else:
-                assert self.loaded_at is not None
-                records = await self.store.changed_since(int(self.loaded_at) - OVERLAP_SECONDS)
-        except Exception as e:  # keep the accounts known and keep polling
-            self.outage.failed(e)
+        read = await self._read(self.store.all, self.store.changed_since)
+        if read is None:
             return
-        self.outage.answered()
+        started, full, records = read
         if full:
             self._full(records, first=self.loaded_at is None, started=started)
-            self._full_at = started
         else:
             for record in records:
                 self.apply(record)
-        self.loaded_at = max(self.loaded_at or started, started)
+        self._done(started, full)
 
     def _full(self, records: list[ManagedRecord], first: bool,
               started: float | None = None) -> None:

@@ -4,8 +4,9 @@ The revoked token ids, kept in memory so checking a token costs no query.
 
 Each poll (every second) reads only the ids revoked since the last good poll (less a
 margin for clock skew between instances and slow commits), through the C{revoked_at}
-index; every L{RESYNC_SECONDS} it reads them all. A revocation made here is added at once;
-one made elsewhere (the CLI, another instance) arrives with the next poll.
+index; every ten minutes it reads them all (L{linkrouter.polling}). A revocation made
+here is added at once; one made elsewhere (the CLI, another instance) arrives with the
+next poll.
 
 While the store does not answer, the router keeps serving on the revocations it knows,
 unless C{max_staleness} is set: once the view is older than that, tokens are refused
@@ -24,13 +25,7 @@ from twisted.logger import Logger
 
 from linkrouter.database import StoreUnavailable
 from linkrouter.outage import Outage
-
-#: Seconds between full re-reads of the revoked ids.
-RESYNC_SECONDS = 600.0
-#: An incremental poll re-reads this many seconds before the last good poll: a revocation
-#: stamped by a clock this far behind ours, or committed this long after its stamp, is
-#: still seen at once (anything later is seen at the next full re-read).
-OVERLAP_SECONDS = 120
+from linkrouter.polling import Polled
 
 
 class _WallClock:
@@ -39,7 +34,7 @@ class _WallClock:
 
 
 @define(eq=False)
-class RevocationCache:
+class RevocationCache(Polled):
     """
     The set of revoked token ids and how fresh it is.
 
@@ -123,24 +118,11 @@ class RevocationCache:
 
     async def refresh(self) -> None:
         """Poll the store: the ids revoked since the last good poll, or all of them."""
-        started = self.clock.seconds()
-        full = (self.loaded_at is None or self._full_at is None
-                or started - self._full_at >= RESYNC_SECONDS)
-        try:
-            if full:
-                ids = await self.store.revoked_ids()
-            else:
-                assert self.loaded_at is not None
-                ids = await self.store.revoked_since(int(self.loaded_at) - OVERLAP_SECONDS)
-        except Exception as e:  # keep the last good set and keep polling
-            assert self.outage is not None
-            self.outage.failed(e)
+        read = await self._read(self.store.revoked_ids, self.store.revoked_since)
+        if read is None:
             return
-        assert self.outage is not None
-        self.outage.answered()
+        started, full, ids = read
         # A union: revocations are permanent, and one made here while the query ran
         # must not be dropped by its result.
         self._merge(ids)
-        if full:
-            self._full_at = started
-        self.loaded_at = max(self.loaded_at or started, started)
+        self._done(started, full)

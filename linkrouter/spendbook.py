@@ -28,16 +28,13 @@ from twisted.logger import Logger
 
 from linkrouter.limits import WINDOWS
 from linkrouter.outage import Outage
+from linkrouter.polling import Polled
 
 HOUR = 3600
 #: How far back spend is kept: the longest window and the hour it starts in.
 KEPT_SECONDS = max(WINDOWS.values()) + HOUR
-RESYNC_SECONDS = 600.0
 #: How many tokens' window sums are remembered at once.
 MAX_SUMS = 10_000
-#: An incremental poll re-reads token-hours written this many seconds before the last
-#: good poll started (clock skew between instances, commits that land late).
-OVERLAP_SECONDS = 120
 _PICO = Decimal(10) ** 12
 
 #: Per token, per hour start: picodollars.
@@ -69,7 +66,7 @@ class _Sums:
 
 
 @define(eq=False)
-class SpendBook:
+class SpendBook(Polled):
     """Spend per token and hour; L{spend} sums it per budget window."""
 
     store: Any
@@ -147,32 +144,25 @@ class SpendBook:
 
     def loaded(self, rows: Iterable[tuple[str, int, int]]) -> None:
         """Take the store's view, read just now (at start-up)."""
-        now = self.clock.seconds()
         self._view = {}
         self._sums.clear()
         self._take(rows)
-        self.loaded_at = self._full_at = now
+        self._loaded_now()
 
     async def refresh(self) -> None:
         """Poll the store: the token-hours written since the last good poll, or all."""
-        started = self.clock.seconds()
-        full = (self.loaded_at is None or self._full_at is None
-                or started - self._full_at >= RESYNC_SECONDS)
-        since = 0 if full or self.loaded_at is None else int(self.loaded_at) - OVERLAP_SECONDS
-        assert self.outage is not None
-        try:
-            rows = await self.store.spend_since(since, hour_of(started - KEPT_SECONDS))
-        except Exception as e:  # keep the last good view and keep polling
-            self.outage.failed(e)
+        oldest = hour_of(self.clock.seconds() - KEPT_SECONDS)
+        read = await self._read(lambda: self.store.spend_since(0, oldest),
+                                lambda since: self.store.spend_since(since, oldest))
+        if read is None:
             return
-        self.outage.answered()
+        started, full, rows = read
         if full:
             self._view = {}
             self._sums.clear()
-            self._full_at = started
         self._take(rows)
         self._forget(started)
-        self.loaded_at = max(self.loaded_at or started, started)
+        self._done(started, full)
 
     def _take(self, rows: Iterable[tuple[str, int, int]]) -> None:
         for token_id, hour, pusd in rows:

@@ -12,8 +12,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from linkrouter.accounts import Account, AccountPool
-from linkrouter.controls import OVERLAP_SECONDS, RESYNC_SECONDS, Control, ControlsBook
+from linkrouter.controls import Control, ControlsBook
 from linkrouter.credentials import Credential
+from linkrouter.polling import OVERLAP_SECONDS, RESYNC_SECONDS
 from linkrouter.store import BlockingRunner, TokenStore, prepare
 
 from ..harness import capture_logs

@@ -18,7 +18,8 @@ from linkrouter.accounts import AccountPool
 from linkrouter.accountstore import ManagedStore
 from linkrouter.controls import ControlsBook
 from linkrouter.credentials import Credential
-from linkrouter.managedbook import OVERLAP_SECONDS, RESYNC_SECONDS, ManagedBook, preload
+from linkrouter.managedbook import ManagedBook, preload
+from linkrouter.polling import OVERLAP_SECONDS, RESYNC_SECONDS
 from linkrouter.sealing import AccountKey
 from linkrouter.store import BlockingRunner, Database, TokenStore, prepare
 

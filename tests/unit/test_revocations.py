@@ -14,7 +14,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from linkrouter.database import StoreUnavailable
-from linkrouter.revocations import OVERLAP_SECONDS, RESYNC_SECONDS, RevocationCache
+from linkrouter.polling import OVERLAP_SECONDS, RESYNC_SECONDS
+from linkrouter.revocations import RevocationCache
 from linkrouter.store import BlockingRunner, Database, TokenRecord, TokenStore, prepare
 
 NOW = 1_767_225_600
