@@ -3,7 +3,8 @@ C{--workers 2} as an operator runs it: a real C{twistd linkrouter} supervisor an
 worker processes on one port, telling a datagram socket the test owns (as systemd) when
 they serve; a killed worker replaced; SIGHUP reaching both (TLS certificate); SIGTERM
 draining both with exit status 0; a revocation and an rpm limit holding across them on
-SQLite; socket activation.
+SQLite (and the rpm on PostgreSQL); socket activation; where their log lines go; workers
+that lose their supervisor.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from linkrouter.testing import FakeAnthropic, load_answers
 
 from ..certs import PKI
 from ..harness import RESPONSES, in_thread, start_upstream
+from ..pg import fresh_database
 from .test_daemon import ADMIN, Daemon, TLSStream, handshake_serial, ports_of, sleep
 
 #: An access line of a worker: its index, method, path and status.
@@ -254,6 +256,32 @@ class WorkersTests(TestCase):
         self.assertRegex(text, r"Worker 0 \(pid \d+\) exited with status 0")
         self.assertRegex(text, r"Worker 1 \(pid \d+\) exited with status 0")
 
+    async def test_rpm_across_workers_on_postgresql(self) -> None:
+        """On PostgreSQL a token's rpm holds across both workers (the fleet's lock)."""
+        _, upstream = await start_upstream(self)
+        daemon = Daemon(self, upstream, "--workers", "2", "--database", fresh_database(self))
+        (port,) = ports_of(await daemon.expect("READY=1"))
+        await self._rpm_holds(port, Workers.of(daemon))
+        daemon.signal(signal.SIGTERM)
+        self.assertEqual(await daemon.exit_status(), 0)
+        await sleep(0.2)
+
+    async def _rpm_holds(self, port: int, workers: Workers) -> None:
+        """A burst of 10 with rpm 4, on both workers: exactly 4 admitted."""
+        for attempt in range(3):
+            limited = admin(port, "POST", "/api/tokens",
+                            {"label": f"rpm{attempt}", "limits": {"rpm": 4}})
+            await sleep(2.0)  # the new token's limits reach every worker
+            mark = len(workers.text())
+            answers = await in_thread(burst, port, 10, path="/v1/messages",
+                                      **ask(str(limited["token"])))
+            statuses = sorted(s for s, _ in answers)
+            self.assertEqual(statuses, [200] * 4 + [429] * 6, answers)
+            await sleep(0.3)
+            if len(workers.served("/v1/messages", mark)) == 2:
+                return
+        self.fail("the bursts never reached both workers")
+
     async def _inflight(self, port: int) -> dict[int, float]:
         """The workers with streams in flight, from the metrics (shared every second)."""
         found: dict[int, float] = {}
@@ -277,21 +305,7 @@ class WorkersTests(TestCase):
         daemon = Daemon(self, upstream, "--workers", "2")
         workers = Workers.of(daemon)
         (port,) = ports_of(await daemon.expect("READY=1"))
-
-        for attempt in range(3):
-            limited = admin(port, "POST", "/api/tokens",
-                            {"label": f"rpm{attempt}", "limits": {"rpm": 4}})
-            await sleep(2.0)  # the new token's limits reach every worker
-            mark = len(workers.text())
-            answers = await in_thread(burst, port, 10, path="/v1/messages",
-                                      **ask(str(limited["token"])))
-            statuses = sorted(s for s, _ in answers)
-            self.assertEqual(statuses, [200] * 4 + [429] * 6, answers)
-            await sleep(0.3)
-            if len(workers.served("/v1/messages", mark)) == 2:
-                break
-        else:
-            self.fail("the bursts never reached both workers")
+        await self._rpm_holds(port, workers)
 
         issued = admin(port, "POST", "/api/tokens", {"label": "revoked"})
         await on_both(port, "/v1/messages", workers, **ask(str(issued["token"])))
