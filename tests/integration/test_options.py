@@ -31,7 +31,8 @@ class LayerTests(SynchronousTestCase):
         """Collaborators take their defaults from L{linkrouter.defaults} and times from
         L{linkrouter.timefmt}: none imports the configuration or the token authority
         for them."""
-        composers = {"config", "state", "tap", "cli", "service", "router", "listeners",
+        composers = {"config", "state", "tap", "cli", "clidoctor", "service", "router",
+                     "listeners",
                      # --workers: the supervisor, its start-up and sockets, the worker's tap
                      "workers", "workerstart", "workersockets", "worker"}
         for path in PACKAGE.glob("*.py"):
