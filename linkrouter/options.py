@@ -13,7 +13,6 @@ Everything here raises L{ConfigError}, whose text names the option at fault.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
@@ -21,26 +20,28 @@ from typing import Any, Generic, TypeVar
 from attrs import frozen
 
 from linkrouter import defaults as d
-from linkrouter.accountstate import SUBSCRIPTION_CLIENTS
-from linkrouter.limits import Limits, LimitsError, parse_default_limits
 from linkrouter.parsing import (
     ConfigError,
     alias,
     count,
     database,
+    default_limits,
     dialects,
     log_format,
     parse_bool,
     parse_size,
     path,
+    percent,
     port,
+    prices,
     seconds,
     seconds_or_zero,
+    subscription_clients,
     text,
     upstream_rule,
     url,
+    workers,
 )
-from linkrouter.pricing import PriceTable, PriceTableError
 
 __all__ = ["OPTIONS", "ConfigError", "Flag", "Many", "Option"]
 
@@ -262,86 +263,34 @@ MAX_CONNECTIONS = Option(
     d.DEFAULT_MAX_CONNECTIONS, str(d.DEFAULT_MAX_CONNECTIONS))
 
 
-def _default_limits(option: str, value: str) -> Limits | None:
-    try:
-        return parse_default_limits(value, flag=option)
-    except LimitsError as e:
-        # e.field is the flag or a path under it: "--default-limits.rpm: must be ..."
-        error = ConfigError(e.field, e.problem)
-        error.option = option
-        raise error from None
-
-
-def _workers(option: str, value: str) -> int:
-    """C{auto} (one per CPU core) or a whole number from 1 to L{MAX_WORKERS}."""
-    if value.strip().lower() == "auto":
-        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if not 1 <= number <= MAX_WORKERS:
-        raise ConfigError(option, f"{value!r} is not auto or a number of processes from 1 "
-                                  f"to {MAX_WORKERS}")
-    return number
-
-
-#: The most serving processes C{--workers} starts.
-MAX_WORKERS = 256
-
 WORKERS = Option(
     "workers", "Processes serving the listeners: a number, or auto (one per CPU core); "
     "above 1 a supervising process holds the listeners and restarts a worker that dies.",
-    ("LINKROUTER_WORKERS",), _workers, 1, "1")
+    ("LINKROUTER_WORKERS",), workers, 1, "1")
 
 
 DEFAULT_LIMITS = Option(
     "default-limits", "Limits (JSON, DESIGN §9) for tokens without limits of their own, "
     "e.g. '{\"rpm\": 60, \"budget_usd\": {\"1d\": 25}}'.", ("LINKROUTER_DEFAULT_LIMITS",),
-    _default_limits, None, "none")
+    default_limits, None, "none")
 
-
-
-def _prices(option: str, value: str) -> PriceTable:
-    try:
-        return PriceTable.load(path(option, value))
-    except PriceTableError as e:
-        # "--prices: FILE: pattern 'claude-*': field 'input' must be ..." on one line.
-        raise ConfigError(option, " ".join(str(e).splitlines())) from None
 
 
 PRICES = Option(
     "prices", "Price table (JSON: fnmatch model patterns to USD per million tokens) that "
-    "costs usage, instead of the shipped one.", ("LINKROUTER_PRICES",), _prices,
+    "costs usage, instead of the shipped one.", ("LINKROUTER_PRICES",), prices,
     shown="linkrouter/prices.json")
-
-def _percent(option: str, value: str) -> float:
-    try:
-        found = float(value.strip().removesuffix("%"))
-    except ValueError:
-        found = math.nan
-    if not 1 <= found <= 100:  # NaN fails too
-        raise ConfigError(option, f"{value!r} is not a percentage from 1 to 100")
-    return found
-
 
 PAUSE_AT_PERCENT = Option(
     "pause-at-percent", "Keep an account out of rotation while the upstream reports its 5h "
     "or 7d window at or above this percent (1-100), until that window resets.",
-    ("LINKROUTER_PAUSE_AT_PERCENT",), _percent, None, "none")
-
-
-def _clients(option: str, value: str) -> str:
-    lowered = value.strip().lower()
-    if lowered not in SUBSCRIPTION_CLIENTS:
-        raise ConfigError(option, f"{value!r} is not one of {', '.join(SUBSCRIPTION_CLIENTS)}")
-    return lowered
+    ("LINKROUTER_PAUSE_AT_PERCENT",), percent, None, "none")
 
 
 SUBSCRIPTION_CLIENTS_OPTION = Option(
     "subscription-clients", "Who may use the OAuth and setup-token (subscription) accounts: "
     "any client, or claude-code (other requests use an API-key account, else 403).",
-    ("LINKROUTER_SUBSCRIPTION_CLIENTS",), _clients, "any", "any")
+    ("LINKROUTER_SUBSCRIPTION_CLIENTS",), subscription_clients, "any", "any")
 
 VERBOSE = Flag("verbose", "Log upstream detail on each request.", "VERBOSE", "v")
 HSTS = Flag("hsts", "Send Strict-Transport-Security on TLS responses.", "LINKROUTER_HSTS")

@@ -6,11 +6,16 @@ Parsers for option values: each takes the option as errors name it and the text 
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from linkrouter import defaults as d
+from linkrouter.accountstate import SUBSCRIPTION_CLIENTS
+from linkrouter.limits import Limits, LimitsError, parse_default_limits
+from linkrouter.pricing import PriceTable, PriceTableError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
@@ -167,3 +172,58 @@ def upstream_rule(option: str, value: str) -> str:
     return value
 
 
+#: The most serving processes C{--workers} starts.
+MAX_WORKERS = 256
+
+
+def default_limits(option: str, value: str) -> Limits | None:
+    """C{--default-limits JSON}: limits (DESIGN §9), or C{None} for none."""
+    try:
+        return parse_default_limits(value, flag=option)
+    except LimitsError as e:
+        # e.field is the flag or a path under it: "--default-limits.rpm: must be ..."
+        error = ConfigError(e.field, e.problem)
+        error.option = option
+        raise error from None
+
+
+def workers(option: str, value: str) -> int:
+    """C{auto} (one per CPU core) or a whole number from 1 to L{MAX_WORKERS}."""
+    if value.strip().lower() == "auto":
+        return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_WORKERS:
+        raise ConfigError(option, f"{value!r} is not auto or a number of processes from 1 "
+                                  f"to {MAX_WORKERS}")
+    return number
+
+
+def prices(option: str, value: str) -> PriceTable:
+    """A price table file (blocking: read at start-up)."""
+    try:
+        return PriceTable.load(path(option, value))
+    except PriceTableError as e:
+        # "--prices: FILE: pattern 'claude-*': field 'input' must be ..." on one line.
+        raise ConfigError(option, " ".join(str(e).splitlines())) from None
+
+
+def percent(option: str, value: str) -> float:
+    """A percentage from 1 to 100 (a trailing C{%} allowed)."""
+    try:
+        found = float(value.strip().removesuffix("%"))
+    except ValueError:
+        found = math.nan
+    if not 1 <= found <= 100:  # NaN fails too
+        raise ConfigError(option, f"{value!r} is not a percentage from 1 to 100")
+    return found
+
+
+def subscription_clients(option: str, value: str) -> str:
+    """Who may use subscription accounts: one of L{SUBSCRIPTION_CLIENTS}."""
+    lowered = value.strip().lower()
+    if lowered not in SUBSCRIPTION_CLIENTS:
+        raise ConfigError(option, f"{value!r} is not one of {', '.join(SUBSCRIPTION_CLIENTS)}")
+    return lowered
