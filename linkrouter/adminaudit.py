@@ -24,7 +24,7 @@ from twisted.web.iweb import IRequest
 
 from linkrouter.admin import _AdminResource, _bad, _not_allowed
 from linkrouter.adminguard import AdminGuard
-from linkrouter.adminusage import UsageQueryError, check_range, parse_moment
+from linkrouter.adminusage import UsageQueryError, check_range, parse_moment, query_args
 from linkrouter.audit import AuditFilter, AuditTrail
 from linkrouter.auditrows import ACTIONS, DEFAULT_LIMIT, FAMILIES, MAX_LIMIT
 
@@ -73,15 +73,7 @@ class AuditQuery:
 
         @raise UsageQueryError: naming the parameter at fault.
         """
-        given: dict[str, str] = {}
-        for raw, values in args.items():
-            name = raw.decode("utf-8", "replace")
-            if name not in _PARAMETERS:
-                raise UsageQueryError(name[:40], "unknown parameter; use since, until, "
-                                      "action or limit")
-            if len(values) != 1:
-                raise UsageQueryError(name, "give it once")
-            given[name] = values[0].decode("utf-8", "replace")
+        given = query_args(args, _PARAMETERS)
         return cls.of(now, given.get("since", DEFAULT_SINCE), given.get("until"),
                       given.get("action", ""), given.get("limit", str(DEFAULT_LIMIT)))
 

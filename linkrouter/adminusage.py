@@ -82,6 +82,25 @@ def check_range(since: int, until: int | None) -> None:
         raise UsageQueryError("until", "must not be before since")
 
 
+def query_args(args: Mapping[bytes, Sequence[bytes]],
+               parameters: Sequence[str]) -> dict[str, str]:
+    """
+    A query string's arguments by name, each one of C{parameters} given once.
+
+    @raise UsageQueryError: naming an unknown or repeated parameter.
+    """
+    given: dict[str, str] = {}
+    for raw, values in args.items():
+        name = raw.decode("utf-8", "replace")
+        if name not in parameters:
+            known = ", ".join(parameters[:-1]) + " or " + parameters[-1]
+            raise UsageQueryError(name[:40], f"unknown parameter; use {known}")
+        if len(values) != 1:
+            raise UsageQueryError(name, "give it once")
+        given[name] = values[0].decode("utf-8", "replace")
+    return given
+
+
 @frozen
 class UsageQuery:
     """A validated usage query."""
@@ -97,15 +116,7 @@ class UsageQuery:
 
         @raise UsageQueryError: naming the parameter at fault.
         """
-        given: dict[str, str] = {}
-        for raw, values in args.items():
-            name = raw.decode("utf-8", "replace")
-            if name not in _PARAMETERS:
-                raise UsageQueryError(name[:40], "unknown parameter; use since, until or "
-                                      "group_by")
-            if len(values) != 1:
-                raise UsageQueryError(name, "give it once")
-            given[name] = values[0].decode("utf-8", "replace")
+        given = query_args(args, _PARAMETERS)
         since = parse_moment(given.get("since", DEFAULT_SINCE), now, "since")
         until = parse_moment(given["until"], now, "until") if "until" in given else None
         check_range(since, until)
