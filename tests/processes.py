@@ -11,11 +11,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -130,6 +132,42 @@ async def start_fleet(case: TestCase, count: int, upstream_url: str, *args: str
     for router in routers:
         await router.ready()
     return routers, home
+
+
+async def traffic_during_refresh(routers: list[RouterProcess], client_tokens: list[str],
+                                 tokens: Any, hold: Deferred[None], seconds: float,
+                                 clients_per_router: int) -> list[int]:
+    """
+    Keep C{clients_per_router} clients per router asking C{GET /v1/models} for
+    C{seconds}, while the held token endpoint C{tokens} answers its first refresh 0.3 s
+    after it arrives (as the real endpoint takes a while); the statuses received.
+    """
+    from .harness import http_client
+
+    codes: list[int] = []
+    stop_at = time.monotonic() + seconds
+    http = http_client()
+
+    async def client(router: RouterProcess, token: str) -> None:
+        while time.monotonic() < stop_at:
+            response = await http.get(router.url + "/v1/models", headers={"x-api-key": token})
+            await response.content()
+            codes.append(response.code)
+            await sleep(0.01)
+
+    async def slow_endpoint() -> None:
+        while not tokens.received and time.monotonic() < stop_at:
+            await sleep(0.01)
+        await sleep(0.3)
+        hold.callback(None)
+
+    await gatherResults([
+        Deferred.fromCoroutine(slow_endpoint()),
+        *(Deferred.fromCoroutine(client(router, token))
+          for router, token in zip(routers, client_tokens)
+          for _ in range(clients_per_router)),
+    ])
+    return codes
 
 
 def _drop_dac() -> None:

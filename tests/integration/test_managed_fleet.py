@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from linkrouter.accountstore import ManagedStore
@@ -28,9 +28,9 @@ from linkrouter.sealing import AccountKey
 from linkrouter.store import BlockingRunner, prepare
 from linkrouter.testing import FakeTokenEndpoint
 
-from ..harness import ADMIN_KEY, TOKEN_SECRET, admin_call, http_client, start_router, start_upstream
+from ..harness import ADMIN_KEY, TOKEN_SECRET, admin_call, start_router, start_upstream
 from ..pg import fresh_database
-from ..processes import RouterProcess, sleep
+from ..processes import RouterProcess, sleep, traffic_during_refresh
 from .test_refresh import bearer, token_endpoint
 
 #: The managed login expires this long after it is added (beyond the refresh margin): in
@@ -134,31 +134,8 @@ class ManagedFleetTests(TestCase):
         client_tokens = [(await r.admin("POST", "/api/tokens", {"label": "fleet"}))["token"]
                          for r in routers]
 
-        codes: list[int] = []
-        stop_at = time.monotonic() + TRAFFIC
-        http = http_client()
-
-        async def client(router: RouterProcess, token: str) -> None:
-            while time.monotonic() < stop_at:
-                response = await http.get(router.url + "/v1/models",
-                                          headers={"x-api-key": token})
-                await response.content()
-                codes.append(response.code)
-                await sleep(0.01)
-
-        async def slow_endpoint() -> None:
-            """The refresh takes a while, as the real endpoint's does."""
-            while not tokens.received and time.monotonic() < stop_at:
-                await sleep(0.01)
-            await sleep(0.3)
-            hold.callback(None)
-
-        await gatherResults([
-            Deferred.fromCoroutine(slow_endpoint()),
-            *(Deferred.fromCoroutine(client(router, token))
-              for router, token in zip(routers, client_tokens)
-              for _ in range(CLIENTS_PER_ROUTER)),
-        ])
+        codes = await traffic_during_refresh(routers, client_tokens, tokens, hold, TRAFFIC,
+                                             CLIENTS_PER_ROUTER)
 
         logs = "\n".join(r.text() for r in routers)
         self.assertEqual([c for c in codes if c != 200], [], logs[-4000:])

@@ -12,13 +12,13 @@ import json
 import time
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from linkrouter.testing import FakeTokenEndpoint
 
-from ..harness import REFRESH_TOKEN, http_client, start_upstream
-from ..processes import RouterProcess, sleep, start_fleet
+from ..harness import REFRESH_TOKEN, start_upstream
+from ..processes import start_fleet, traffic_during_refresh
 from .test_refresh import bearer, token_endpoint
 
 #: Seconds of traffic: the login enters the refresh margin one second in.
@@ -52,31 +52,8 @@ class SharedLoginTests(TestCase):
         data["claudeAiOauth"]["expiresAt"] = int((time.time() + 61) * 1000)
         path.write_text(json.dumps(data))
 
-        codes: list[int] = []
-        stop_at = time.monotonic() + TRAFFIC
-        http = http_client()
-
-        async def client(router: RouterProcess, token: str) -> None:
-            while time.monotonic() < stop_at:
-                response = await http.get(router.url + "/v1/models",
-                                          headers={"x-api-key": token})
-                await response.content()
-                codes.append(response.code)
-                await sleep(0.01)
-
-        async def slow_endpoint() -> None:
-            """The first refresh takes a while, as the real endpoint's does."""
-            while not tokens.received and time.monotonic() < stop_at:
-                await sleep(0.01)
-            await sleep(0.3)
-            hold.callback(None)
-
-        await gatherResults([
-            Deferred.fromCoroutine(slow_endpoint()),
-            *(Deferred.fromCoroutine(client(router, token))
-              for router, token in zip(routers, client_tokens)
-              for _ in range(CLIENTS_PER_ROUTER)),
-        ])
+        codes = await traffic_during_refresh(routers, client_tokens, tokens, hold, TRAFFIC,
+                                             CLIENTS_PER_ROUTER)
 
         logs = "\n".join(r.text() for r in routers)
         failures = [c for c in codes if c != 200]
