@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from typing import Any, cast
 
 from common import LOOPBACK, RESPONSES, cpu_seconds, free_port, say
 from measure import Measure, Request
-from processes import Failed, Processes, script, twistd_command
+from processes import Failed, Processes, run_bench, script, twistd_command
 from stack import ROUTER_ENV_DROP, Proxy, Stack
 
 #: The request variants: name -> whether the request asks for an SSE stream.
@@ -219,27 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     bench = Bench(args)
 
-    def terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
-    try:
+    def run() -> int:
         bench.run()
         return 0
-    except Failed as e:
-        say(f"benchmark failed: {e}")
-        args.keep = True
-        return 2
-    except KeyboardInterrupt:
-        say("interrupted; stopping every process started")
-        return 130
-    finally:
-        bench.stop()
-        if args.keep:
-            say(f"scratch directory kept: {bench.tmp}")
-        else:
-            shutil.rmtree(bench.tmp, ignore_errors=True)
+
+    return run_bench(run, bench.stop, bench.tmp, args.keep)
 
 
 if __name__ == "__main__":

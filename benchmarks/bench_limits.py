@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -48,7 +46,7 @@ from common import (
     waited_seconds,
 )
 from measure import Measure, Request, choose_loadgen, loadgen_label
-from processes import Failed, Processes, script
+from processes import Failed, Processes, run_bench, script
 from report import ACCESS_RE, TROUBLE_RE, source_fingerprint
 from stack import Stack
 
@@ -367,26 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     bench = Bench(args)
 
-    def terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
-    try:
-        return bench.run()
-    except Failed as e:
-        say(f"benchmark failed: {e}")
-        args.keep = True
-        return 2
-    except KeyboardInterrupt:
-        say("interrupted; stopping every process started")
-        return 130
-    finally:
-        bench.stop()
-        if args.keep:
-            say(f"scratch directory kept: {bench.tmp}")
-        else:
-            shutil.rmtree(bench.tmp, ignore_errors=True)
+    return run_bench(bench.run, bench.stop, bench.tmp, args.keep)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -40,7 +38,7 @@ from typing import Any
 
 from common import REPO, mib, proc_status, ratio, say
 from measure import Measure, choose_loadgen, loadgen_label
-from processes import Failed, Processes
+from processes import Processes, run_bench
 from report import memory_table, router_log, source_fingerprint
 from stack import Stack
 
@@ -279,28 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     bench = Bench(args)
 
-    def terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
-    try:
+    def run() -> int:
         bench.run()
         return 1 if bench.findings else 0
-    except Failed as e:
-        say(f"benchmark failed: {e}")
-        say(f"logs kept in {bench.tmp}")
-        args.keep = True
-        return 2
-    except KeyboardInterrupt:
-        say("interrupted; stopping every process started")
-        return 130
-    finally:
-        bench.procs.stop_all()
-        if not args.keep:
-            shutil.rmtree(bench.tmp, ignore_errors=True)
-        else:
-            say(f"scratch directory kept: {bench.tmp}")
+
+    return run_bench(run, bench.procs.stop_all, bench.tmp, args.keep)
 
 
 if __name__ == "__main__":

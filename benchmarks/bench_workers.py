@@ -26,18 +26,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import signal
 import statistics
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from common import LOOPBACK, REPO, TICK, cpu_seconds, free_port, ratio, say
 from measure import Measure, choose_loadgen, loadgen_label
-from processes import Failed, Processes, script, twistd_command
+from processes import Processes, run_bench, script, twistd_command
 from report import source_fingerprint
 from stack import ROUTER_ENV_DROP, Proxy, Stack
 
@@ -221,25 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     bench = Bench(args)
 
-    def terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        return bench.run()
-    except Failed as e:
-        say(f"benchmark failed: {e}")
-        args.keep = True
-        return 2
-    except KeyboardInterrupt:
-        say("interrupted; stopping every process started")
-        return 130
-    finally:
-        bench.procs.stop_all()
-        if args.keep:
-            say(f"scratch directory kept: {bench.tmp}")
-        else:
-            shutil.rmtree(bench.tmp, ignore_errors=True)
+    return run_bench(bench.run, bench.procs.stop_all, bench.tmp, args.keep)
 
 
 if __name__ == "__main__":

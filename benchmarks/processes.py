@@ -12,14 +12,16 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import BENCHMARKS, fetch
+from common import BENCHMARKS, fetch, say
 
 
 class Failed(Exception):
@@ -146,3 +148,33 @@ class Processes:
                     return
             time.sleep(0.05)
         raise Failed(f"{name} did not answer /health within 30 s:\n{self.log_tail(name)}")
+
+
+def run_bench(run: Callable[[], int], stop: Callable[[], None], tmp: Path, keep: bool) -> int:
+    """
+    A benchmark's main: C{run()} (its exit status), with SIGTERM and SIGHUP stopping it
+    like Ctrl-C, every process it started stopped, and its scratch directory C{tmp}
+    removed unless C{keep} (or it failed: then it is kept for its logs). Exit status 2
+    when it could not run, 130 when interrupted.
+    """
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    try:
+        return run()
+    except Failed as e:
+        say(f"benchmark failed: {e}")
+        keep = True
+        return 2
+    except KeyboardInterrupt:
+        say("interrupted; stopping every process started")
+        return 130
+    finally:
+        stop()
+        if keep:
+            say(f"scratch directory kept: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
