@@ -1,13 +1,19 @@
 # -*- test-case-name: tests.unit.test_failover -*-
-"""Reading or discarding small upstream answers (errors, token and model lists)."""
+"""
+Small bodies: a request body written at once, and reading or discarding small upstream
+answers (errors, token and model lists).
+"""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
 import treq
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 #: The most of a small answer kept; anything past it is read and dropped.
 SMALL_ANSWER = 1024 * 1024
@@ -39,3 +45,25 @@ class _Dropper(Protocol):
 def drop(response: Any) -> None:
     """Discard an upstream answer (its client left): its connection is closed, not reused."""
     response.deliverBody(_Dropper())
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """A small request body, written at once (no cooperator, no thread)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass

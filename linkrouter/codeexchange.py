@@ -22,10 +22,10 @@ from attrs import frozen
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 
-from linkrouter.bodies import read_small
+from linkrouter.bodies import BytesProducer, read_small
 from linkrouter.defaults import CLAUDE_CODE_CLIENT_ID, OAUTH_REDIRECT_URI
 from linkrouter.errors import APIError, client_reason
-from linkrouter.oauth import MAX_ANSWER, BytesProducer, TokenPair
+from linkrouter.oauth import MAX_ANSWER, TokenPair
 
 #: POST a JSON body to a URL: the answer's status and (at most L{MAX_ANSWER} of) its body.
 Post = Callable[[str, bytes], Awaitable[tuple[int, bytes]]]

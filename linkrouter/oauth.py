@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from attrs import field, frozen
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
-from linkrouter.bodies import read_small
+from linkrouter.bodies import BytesProducer, read_small
 from linkrouter.credentials import Credential
 from linkrouter.defaults import CLAUDE_CODE_CLIENT_ID
 from linkrouter.errors import short_reason
@@ -75,28 +73,6 @@ def retry_after_seconds(value: bytes | None, now: float) -> float | None:
         return max(0.0, parsedate_to_datetime(text).timestamp() - now)
     except (TypeError, ValueError):
         return None
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A small request body, written at once (no cooperator, no thread)."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 @frozen

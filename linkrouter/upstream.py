@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 from attrs import frozen
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
@@ -36,6 +36,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
+from linkrouter.bodies import BytesProducer
 from linkrouter.credentials import Credential
 from linkrouter.errors import APIError, client_reason, short_reason
 from linkrouter.metrics import Metrics
@@ -177,31 +178,6 @@ class _KeepOpen:
 ONE_READ = 2**16
 
 
-@implementer(IBodyProducer)
-class _OneRead:
-    """
-    A body no longer than one read of L{FileBodyProducer} (which would send it in one
-    write too, a turn of the cooperator later): written as soon as production starts.
-    """
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 def body_producer(content: Any, cooperator: Cooperator) -> IBodyProducer | None:
     """
     A request body file as a producer, from its start (C{None} when there is none).
@@ -217,7 +193,7 @@ def body_producer(content: Any, cooperator: Cooperator) -> IBodyProducer | None:
     if size <= ONE_READ:
         data = content.read(size)
         content.seek(0)
-        return _OneRead(data)
+        return BytesProducer(data)
     return FileBodyProducer(_KeepOpen(content), cooperator=cooperator)
 
 
