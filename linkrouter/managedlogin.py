@@ -15,19 +15,22 @@ the store so no other instance spends a call on the same refresh token.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from attrs import define, field
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from linkrouter.accountstore import ManagedRecord, ManagedStore
 from linkrouter.credentials import Credential
 from linkrouter.oauth import RefreshFailed, TokenEndpoint, credential_from_pair
-from linkrouter.refresh import MAX_REFRESH_BACKOFF, REFRESH_MARGIN, AccountUnavailable, LoginNeeded
+from linkrouter.refresh import (
+    MAX_REFRESH_BACKOFF,
+    REFRESH_MARGIN,
+    AccountUnavailable,
+    LoginNeeded,
+    OneAtATime,
+)
 from linkrouter.timefmt import isoformat
 
 #: How often an instance waiting for another's refresh re-reads the row.
@@ -63,7 +66,7 @@ class ManagedLogin:
     _quiet_until: float | None = None
     #: A pair refreshed here that the store did not take (version it replaces, pair).
     _kept: tuple[int, Credential] | None = field(default=None, repr=False)
-    _waiters: list[Deferred[Any]] = field(factory=list, repr=False)
+    _refreshing: OneAtATime[Credential] = field(factory=lambda: OneAtATime(), repr=False)
     _log = Logger()
 
     @property
@@ -126,16 +129,7 @@ class ManagedLogin:
 
     async def refresh_once(self, stale: Credential) -> Credential:
         """One refresh at a time here: callers that arrive during one share its outcome."""
-        waiter: Deferred[Credential] = Deferred()
-        self._waiters.append(waiter)
-        if len(self._waiters) == 1:
-            Deferred.fromCoroutine(self._refresh(stale)).addBoth(self._refreshed)
-        return await waiter
-
-    def _refreshed(self, result: Credential | Failure) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(result)
+        return await self._refreshing.run(lambda: self._refresh(stale))
 
     async def reread(self) -> Credential:
         """The operator's reset: read the row now, and the credential it stands on."""

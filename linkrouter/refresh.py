@@ -14,8 +14,8 @@ file (still under the lock): a newer pair found there is used instead.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
@@ -27,6 +27,8 @@ from linkrouter.credentials import ClaudeHome, Credential, RunInThread
 from linkrouter.filelock import DirectoryLock, LockTimeout
 from linkrouter.oauth import RefreshFailed, TokenEndpoint, credential_from_pair, write_back
 from linkrouter.timefmt import isoformat
+
+T = TypeVar("T")
 
 REFRESH_MARGIN = 60.0
 MAX_REFRESH_BACKOFF = 300.0
@@ -46,6 +48,25 @@ class LoginNeeded(AccountUnavailable):
     def __init__(self, public: str, reason: str) -> None:
         super().__init__(public)
         self.reason = reason
+
+
+@define
+class OneAtATime(Generic[T]):
+    """Runs one piece of work at a time: callers that arrive while it runs share its outcome."""
+
+    _waiters: list[Deferred[T]] = field(factory=list)
+
+    async def run(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        waiter: Deferred[T] = Deferred()
+        self._waiters.append(waiter)
+        if len(self._waiters) == 1:
+            Deferred.fromCoroutine(work()).addBoth(self._done)
+        return await waiter
+
+    def _done(self, result: T | Failure) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(result)
 
 
 def digest(text: str) -> str:
@@ -75,7 +96,7 @@ class LoginLifecycle:
     _dead: LoginNeeded | None = field(default=None, repr=False)
     _dead_refresh: str | None = field(default=None, repr=False)
     _memory: tuple[str, Credential] | None = field(default=None, repr=False)
-    _waiters: list[Deferred[Any]] = field(factory=list, repr=False)
+    _refreshing: OneAtATime[Credential] = field(factory=lambda: OneAtATime(), repr=False)
     _log = Logger()
 
     def __attrs_post_init__(self) -> None:
@@ -122,16 +143,7 @@ class LoginLifecycle:
 
     async def refresh_once(self, stale: Credential) -> Credential:
         """One refresh at a time: callers that arrive during one share its outcome."""
-        waiter: Deferred[Credential] = Deferred()
-        self._waiters.append(waiter)
-        if len(self._waiters) == 1:
-            Deferred.fromCoroutine(self._refresh(stale)).addBoth(self._refreshed)
-        return await waiter
-
-    def _refreshed(self, result: Credential | Failure) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(result)
+        return await self._refreshing.run(lambda: self._refresh(stale))
 
     async def _refresh(self, stale: Credential) -> Credential:
         now = self.clock.seconds()
