@@ -30,6 +30,7 @@ from linkrouter.options import (
     usage_table,
 )
 from linkrouter.parsing import ConfigError
+from linkrouter.textlog import TEXT_OBSERVER
 
 if TYPE_CHECKING:
     from linkrouter.service import RouterService
@@ -92,9 +93,12 @@ class Options(usage.Options):
         except ConfigError as e:
             raise ConfigUsageError(str(e)) from None
         parent = getattr(self, "parent", None)
-        if self.config.log_format == "json" and parent is not None and not parent.get("logger"):
+        if parent is not None and not parent.get("logger"):
             # twistd builds its log observer from its own --logger after parsing options.
-            parent["logger"] = "linkrouter.logs.json_observer"
+            if self.config.log_format == "json":
+                parent["logger"] = "linkrouter.logs.json_observer"
+            elif _to_stdout(parent):
+                parent["logger"] = TEXT_OBSERVER
 
     def parseOptions(self, options: Any = None) -> None:
         #: The options as given, which the workers of C{--workers} are started with.
@@ -105,6 +109,12 @@ class Options(usage.Options):
             if not self.daemon:
                 raise
             _stop(str(e))
+
+
+def _to_stdout(twistd: Any) -> bool:
+    """Whether twistd's own log would be text on standard output (C{-n}, no file)."""
+    return bool(twistd.get("nodaemon") and not twistd.get("syslog")
+                and twistd.get("logfile") in (None, "", "-"))
 
 
 class ConfigUsageError(usage.UsageError):

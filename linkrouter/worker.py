@@ -32,13 +32,13 @@ from twisted.logger import (
     Logger,
     LogLevel,
     eventAsText,
-    formatEventAsClassicLogText,
     globalLogBeginner,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from linkrouter.systemd import Notifier
+from linkrouter.textlog import text_line
 
 #: How often a worker tells its supervisor it is alive (C{WATCHDOG=1}).
 HEARTBEAT_SECONDS = 1.0
@@ -188,13 +188,8 @@ def log_observer(log_format: str, index: int, out: IO[str],
 
         return FileLogObserver(out, as_json)
 
-    def as_text(event: dict[str, Any]) -> str | None:
-        system = event.get("log_system") or (
-            f"{event.get('log_namespace', '-')}#{getattr(event.get('log_level'), 'name', '-')}")
-        event["log_system"] = f"{system} worker {index}"
-        return formatEventAsClassicLogText(event)
-
-    return FileLogObserver(out, as_text)
+    suffix = f" worker {index}"
+    return FileLogObserver(out, lambda event: text_line(event, suffix))
 
 
 def main(argv: list[str]) -> NoReturn:
