@@ -7,7 +7,11 @@ The benchmark's clients (stdlib only), each a short-lived process that prints on
 - C{stream}: parallel streaming requests that time-stamp every SSE event on arrival and
   report the delay since the upstream wrote it;
 - C{slowread}: a slow reader of a large streamed answer (blocking socket, small receive
-  buffer, a pause after each read).
+  buffer, a pause after each read);
+- C{ttfb}: streaming requests one after another on one keep-alive connection, timing each
+  from writing the request to receiving the answer's first whole SSE event;
+- C{hold}: many streams held open at once (the upstream's C{bench_hold}): it prints one
+  line when they all have their first events, then reads each to its end once released.
 
 Started by C{bench_proxy.py} as C{python benchmarks/clients.py ROLE CONFIG_JSON}.
 """
@@ -212,7 +216,128 @@ def role_slowread(cfg: dict[str, Any]) -> None:
     }), flush=True)
 
 
-ROLES = {"load": role_load, "stream": role_stream, "slowread": role_slowread}
+# ---------------------------------------------------------------------------------------
+# Role: time to the first SSE event, one request at a time
+# ---------------------------------------------------------------------------------------
+
+
+def role_ttfb(cfg: dict[str, Any]) -> None:
+    port = cfg["port"]
+    request = build_request(cfg["path"], cfg["body"].encode(), cfg["headers"], port)
+    times: list[float] = []
+    errors: Counter[str] = Counter()
+    sock: socket.socket | None = None
+    for n in range(cfg["warmup"] + cfg["requests"]):
+        try:
+            if sock is None:
+                sock = socket.create_connection((LOOPBACK, port), timeout=10)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            first = _first_event(sock, request)
+            if n >= cfg["warmup"]:
+                times.append(first)
+        except (OSError, ValueError) as e:
+            errors[type(e).__name__ + ": " + str(e)[:80]] += 1
+            if sock is not None:
+                sock.close()
+            sock = None
+    if sock is not None:
+        sock.close()
+    times.sort()
+    print(json.dumps({
+        "requests": len(times), "errors": dict(errors),
+        "p50": percentile(times, 50) * 1000, "p90": percentile(times, 90) * 1000,
+        "min": (times[0] if times else 0) * 1000, "max": (times[-1] if times else 0) * 1000,
+    }), flush=True)
+
+
+def _first_event(sock: socket.socket, request: bytes) -> float:
+    """Send one streaming request and read its whole answer; seconds to its first event."""
+    started = time.monotonic()
+    sock.sendall(request)
+    head, body, first, in_head = bytearray(), bytearray(), 0.0, True
+    dechunker = Dechunker()
+    while not dechunker.done:
+        data = sock.recv(65536)
+        if not data:
+            raise ValueError("connection closed mid-answer")
+        if in_head:
+            head += data
+            end = head.find(b"\r\n\r\n")
+            if end < 0:
+                continue
+            if head[9:12] != b"200" or b"transfer-encoding: chunked" not in head.lower():
+                raise ValueError(f"not a chunked 200 answer: {bytes(head[:12])!r}")
+            data, in_head = bytes(head[end + 4:]), False
+        for piece in dechunker.feed(data):
+            body += piece
+        if not first and b"\n\n" in body:
+            first = time.monotonic() - started
+    if not first:
+        raise ValueError("an answer without an SSE event")
+    return first
+
+
+# ---------------------------------------------------------------------------------------
+# Role: many streams held open at once
+# ---------------------------------------------------------------------------------------
+
+
+def role_hold(cfg: dict[str, Any]) -> None:
+    asyncio.run(_hold(cfg))
+
+
+async def _hold(cfg: dict[str, Any]) -> None:
+    port, timeout = cfg["port"], cfg["timeout"]
+    request = build_request(cfg["path"], cfg["body"].encode(), cfg["headers"], port)
+    errors: Counter[str] = Counter()
+
+    async def open_one() -> tuple[asyncio.StreamReader, asyncio.StreamWriter,
+                                  Dechunker, bytearray] | None:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(LOOPBACK, port), timeout)
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            if head[9:12] != b"200":
+                errors[f"status {head[9:12].decode()}"] += 1
+                writer.close()
+                return None
+            dechunker, body = Dechunker(), bytearray()
+            while b"event: content_block_start" not in body:
+                data = await asyncio.wait_for(reader.read(65536), timeout)
+                if not data:
+                    raise ValueError("closed before its first events")
+                body += b"".join(dechunker.feed(data))
+            return reader, writer, dechunker, body
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
+            errors["open: " + type(e).__name__] += 1
+            return None
+
+    async def finish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     dechunker: Dechunker, body: bytearray) -> bool:
+        try:
+            while not dechunker.done:
+                data = await asyncio.wait_for(reader.read(65536), timeout)
+                if not data:
+                    break
+                body += b"".join(dechunker.feed(data))
+        except (OSError, asyncio.TimeoutError) as e:
+            errors["finish: " + type(e).__name__] += 1
+        writer.close()
+        return dechunker.done and b"event: message_stop" in body
+
+    held = []
+    for at in range(0, cfg["streams"], cfg["batch"]):
+        count = min(cfg["batch"], cfg["streams"] - at)
+        held += [s for s in await asyncio.gather(*(open_one() for _ in range(count))) if s]
+    print(json.dumps({"held": len(held), "errors": dict(errors)}), flush=True)
+    done = await asyncio.gather(*(finish(*s) for s in held))
+    print(json.dumps({"held": len(held), "completed": sum(done), "errors": dict(errors)}),
+          flush=True)
+
+
+ROLES = {"load": role_load, "stream": role_stream, "slowread": role_slowread,
+         "ttfb": role_ttfb, "hold": role_hold}
 
 if __name__ == "__main__":
     sys.exit(run_role(ROLES))

@@ -3,8 +3,13 @@ The orchestrator's measurements: each runs one client program against one port a
 its figures as a dict.
 
 - L{Measure.load}: non-streaming load at a number of connections (C{wrk} or the built-in
-  client of C{clients.py}), with the kernel's listen-queue overflows over the point;
+  client of C{clients.py}), with the kernel's listen-queue overflows over the point and the
+  proxy's CPU time per request;
 - L{Measure.streams}: per-event delay of time-stamped SSE streams (C{clients.py stream});
+- L{Measure.ttfb}: time to the first SSE event of streaming requests sent one at a time
+  (C{clients.py ttfb});
+- L{Measure.held}: the proxy's RSS with many streams held open (C{clients.py hold} and the
+  upstream's C{bench_hold});
 - L{Measure.large}: a large SSE answer to a slow reader (C{clients.py slowread}) while the
   proxy's RSS is sampled.
 """
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import LOOPBACK, listen_overflows, proc_status
+from common import LOOPBACK, cpu_seconds, fetch, listen_overflows, proc_status
 from processes import Failed, Processes, script
 from stack import Stack
 
@@ -64,14 +69,23 @@ class Measure:
 
     def abandoned(self, connections: int, warmup: int) -> int:
         """How many requests one load run may leave unfinished: one per connection a run."""
-        return connections * (2 if warmup and self.loadgen == "wrk" else 1)
+        return connections * (2 if warmup else 1)
 
-    def load(self, port: int, connections: int, duration: int, warmup: int) -> dict[str, Any]:
+    def load(self, port: int, connections: int, duration: int, warmup: int,
+             pid: int | None = None) -> dict[str, Any]:
+        """
+        C{warmup} seconds of uncounted load, then C{duration} seconds measured (each its own
+        run of the load generator). With C{pid}, C{"cpu_us"} is that process's CPU time
+        (utime + stime) over the measured run per request it completed.
+        """
         before = listen_overflows()
-        if self.loadgen == "wrk":
-            result = self.wrk(port, connections, duration, warmup)
-        else:
-            result = self.python_load(port, connections, duration, warmup)
+        run = self.wrk if self.loadgen == "wrk" else self.python_load
+        if warmup:
+            run(port, connections, warmup, 0)
+        cpu = cpu_seconds(pid) if pid else 0.0
+        result = run(port, connections, duration, 0)
+        if pid:
+            result["cpu_us"] = (cpu_seconds(pid) - cpu) / max(1, result["requests"]) * 1e6
         after = listen_overflows()
         result["overflows"] = after - before if before is not None and after is not None \
             else None
@@ -137,6 +151,46 @@ end
             headers=stack.headers, streams=streams, events=events,
         ), timeout=events * delay_ms / 1000 + 60)
         return json.loads(out.strip().splitlines()[-1])
+
+    def ttfb(self, port: int, requests: int, warmup: int) -> dict[str, Any]:
+        """C{requests} streaming requests (the recorded SSE answer) one after another on
+        one connection, after C{warmup} uncounted ones: time to each one's first event."""
+        stack = self.stack
+        out = self.procs.run_child("ttfb", script(
+            "clients.py", "ttfb", port=port, path=stack.path, body=stack.stream_body,
+            headers=stack.headers, requests=requests, warmup=warmup,
+        ), timeout=requests + warmup + 60)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def held(self, process: subprocess.Popen[bytes], port: int, streams: int
+             ) -> dict[str, Any]:
+        """
+        The proxy's VmRSS idle, then with C{streams} streams held open at once (each with
+        its first events received), then every stream released and read to its end.
+        """
+        stack = self.stack
+        idle = proc_status(process.pid).get("VmRSS", 0)
+        client = self.procs.start_child("hold", script(
+            "clients.py", "hold", port=port, path=stack.path + "&bench_hold=1",
+            body=stack.stream_body, headers=stack.headers, streams=streams, batch=25,
+            timeout=30,
+        ))
+        try:
+            assert client.stdout is not None
+            opened = json.loads(client.stdout.readline() or b"{}")
+            time.sleep(0.2)  # let the proxy settle: the last writes were just read
+            rss = proc_status(process.pid).get("VmRSS", 0)
+            status, _ = fetch(stack.upstream_port, "POST", "/release", b"")
+            if status != 200:
+                raise Failed(f"the upstream answered {status} to POST /release")
+            out, _ = client.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise Failed("the held streams were not read to their end in 60 s") from None
+        finally:
+            self.procs.end_child("hold", client)
+        done = json.loads(out.decode().strip().splitlines()[-1])
+        return {"idle": idle, "rss": rss, "held": opened.get("held", 0),
+                "completed": done["completed"], "errors": done["errors"]}
 
     def large(self, name: str, process: subprocess.Popen[bytes], port: int,
               total: int, event_bytes: int) -> dict[str, Any]:

@@ -5,8 +5,10 @@ The benchmark's fake Anthropic upstream: stdlib asyncio, in its own process.
 It answers C{POST .../messages} in the real wire format from the recorded fixtures in
 C{tests/fixtures/responses/}: the JSON message, or (for C{"stream": true}) the recorded SSE
 stream, or with C{bench_events=N} in the query a synthetic stream of N time-stamped
-content_block_delta events (C{bench_delay_ms} apart, padded to C{bench_event_bytes}).
-C{GET /health} answers 200. It honours TCP flow control, so a slow reader slows it down.
+content_block_delta events (C{bench_delay_ms} apart, padded to C{bench_event_bytes}), or
+with C{bench_hold=1} the recorded stream held open after C{content_block_start} until
+C{POST /release}, which lets every held stream go on to its end. C{GET /health} answers
+200. It honours TCP flow control, so a slow reader slows it down.
 
 Started by C{bench_proxy.py} as::
 
@@ -67,6 +69,29 @@ class Answers:
                                                   ("Content-Length", str(len(error)))]) + error
         self.health = _head(200, "OK", [("Content-Type", "text/plain"),
                                         ("Content-Length", "2")]) + b"ok"
+        self.released = _head(200, "OK", [("Content-Length", "0")])
+        names = [e.split(b"\n", 1)[0] for e in self.sse_events]
+        cut = names.index(b"event: content_block_start") + 1
+        #: A held stream's events before and after the hold.
+        self.held_first, self.held_rest = self.sse_events[:cut], self.sse_events[cut:]
+
+
+class Hold:
+    """The streams asked to wait (C{bench_hold}), all let go by one C{POST /release}."""
+
+    def __init__(self) -> None:
+        self.event: asyncio.Event | None = None
+
+    async def wait(self) -> None:
+        if self.event is None:
+            self.event = asyncio.Event()
+        await self.event.wait()
+
+    def release(self) -> None:
+        """Let every stream waiting now go on; the next ones wait for the next release."""
+        if self.event is not None:
+            self.event.set()
+        self.event = None
 
 
 def _delta(seq: int, text: str) -> bytes:
@@ -108,8 +133,9 @@ def _parse_request(buf: bytearray) -> tuple[str, str, dict[str, str], bytes, int
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to the fake upstream; requests are answered in order."""
 
-    def __init__(self, answers: Answers) -> None:
+    def __init__(self, answers: Answers, hold: Hold) -> None:
         self.answers = answers
+        self.hold = hold
         self.buf = bytearray()
         self.busy = False
         self.closed = False
@@ -165,6 +191,10 @@ class UpstreamConnection(asyncio.Protocol):
         if path == "/health":
             self.transport.write(self.answers.health)
             return
+        if path == "/release":
+            self.hold.release()
+            self.transport.write(self.answers.released)
+            return
         if method != "POST" or not path.endswith("/messages"):
             self.transport.write(self.answers.not_found)
             return
@@ -181,16 +211,23 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def stream(self, params: dict[str, str], keep: bool) -> None:
         """
-        Stream an SSE answer. Without C{bench_events} it is the recorded stream; with it,
-        the recorded framing events around C{bench_events} deltas, each stamped with its
-        send time, spaced C{bench_delay_ms} apart and padded to C{bench_event_bytes}.
+        Stream an SSE answer. Without C{bench_events} it is the recorded stream (held after
+        C{content_block_start} until the next release with C{bench_hold}); with it, the
+        recorded framing events around C{bench_events} deltas, each stamped with its send
+        time, spaced C{bench_delay_ms} apart and padded to C{bench_event_bytes}.
         """
         assert self.transport is not None
         write = self.transport.write
         answers = self.answers
         try:
             write(answers.sse_head)
-            if "bench_events" not in params:
+            if "bench_hold" in params:
+                for event in answers.held_first:
+                    write(_chunk(event))
+                await self.hold.wait()
+                for event in answers.held_rest:
+                    write(_chunk(event))
+            elif "bench_events" not in params:
                 for event in answers.sse_events:
                     write(_chunk(event))
             else:
@@ -228,11 +265,12 @@ class UpstreamConnection(asyncio.Protocol):
 
 def role_upstream(cfg: dict[str, Any]) -> None:
     answers = Answers(Path(cfg["responses"]))
+    hold = Hold()
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: UpstreamConnection(answers), LOOPBACK, cfg["port"], backlog=4096
+            lambda: UpstreamConnection(answers, hold), LOOPBACK, cfg["port"], backlog=4096
         )
         async with server:
             await server.serve_forever()
