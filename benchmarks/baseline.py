@@ -11,22 +11,28 @@ Two contenders, chosen by the role argument:
   body goes to a C{Protocol} that writes each piece to the client and registers the
   upstream connection as the client's producer.
 
-Both cancel the upstream request when the client goes away, use
+Both verify the client's router token on every request as a naive proxy would
+(C{Authorization: Bearer la_sk_<JWT>} or C{x-api-key}, C{jwt.decode} with HS256 and the
+token secret; 401 in Anthropic's error shape, and no upstream request, when it fails),
+cancel the upstream request when the client goes away, use
 C{parsePOSTFormSubmission=False} and write one access-log line per request, and do nothing
-else: no token check, no header rewriting (only hop-by-hop framing headers are dropped), no
+else: no header rewriting (only hop-by-hop framing headers are dropped), no limits, no
 usage metering. Started by C{bench_proxy.py} as::
 
-    python benchmarks/baseline.py treq|agent '{"port": P, "upstream": URL, "backlog": ""}'
+    python benchmarks/baseline.py treq|agent \
+        '{"port": P, "upstream": URL, "backlog": "", "token_secret": S}'
 """
 
 from __future__ import annotations
 
 import io
+import json
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
 import treq
 from common import LOOPBACK, run_role
 from treq.client import HTTPClient
@@ -47,6 +53,14 @@ DROP = {
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"host", b"content-length",
 }
+
+
+#: The prefix of a router token; the rest is the JWT.
+PREFIX = "la_sk_"
+
+#: The answer to a request without a valid router token.
+UNAUTHORIZED = json.dumps({"type": "error", "error": {
+    "type": "authentication_error", "message": "invalid router token"}}).encode()
 
 
 @dataclass
@@ -175,13 +189,39 @@ def agent_relay(reactor: Any, pool: Any, base: str) -> Relay:
     return relay
 
 
-def pass_through(relay: Relay) -> Any:
-    """A leaf resource that relays every request with C{relay}."""
+def presented(request: Any) -> str:
+    """The token of C{Authorization: Bearer} or else C{x-api-key} ("" when neither)."""
+    auth = request.getHeader(b"authorization") or b""
+    scheme, _, value = auth.decode("latin-1").strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return (request.getHeader(b"x-api-key") or b"").decode("latin-1").strip()
+
+
+def verified(request: Any, secret: bytes) -> bool:
+    """Whether the request carries a router token signed with C{secret} and not expired."""
+    token = presented(request)
+    if not token.startswith(PREFIX):
+        return False
+    try:
+        jwt.decode(token[len(PREFIX):], secret, algorithms=["HS256"])
+    except jwt.PyJWTError:
+        return False
+    return True
+
+
+def pass_through(relay: Relay, secret: bytes) -> Any:
+    """A leaf resource that checks the router token (not for C{/health}, which the
+    benchmark polls at start-up) and relays with C{relay}."""
 
     class PassThrough(Resource):
         isLeaf = True
 
         def render(self, request: Any) -> Any:
+            if request.path != b"/health" and not verified(request, secret):
+                request.setResponseCode(401)
+                request.setHeader(b"content-type", b"application/json")
+                return UNAUTHORIZED
             state = Relaying()
             d = Deferred.fromCoroutine(relay(request, state))
 
@@ -209,12 +249,16 @@ def pass_through(relay: Relay) -> Any:
 
 
 def serve(cfg: dict[str, Any], make_relay: Callable[[Any, Any, str], Relay]) -> None:
-    """Listen on C{cfg["port"]} (with C{cfg["backlog"]}) and relay to C{cfg["upstream"]}."""
+    """
+    Listen on C{cfg["port"]} (with C{cfg["backlog"]}) and relay to C{cfg["upstream"]} the
+    requests whose router token C{cfg["token_secret"]} signed.
+    """
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 128
     pool.cachedConnectionTimeout = 120
-    site = Site(pass_through(make_relay(reactor, pool, cfg["upstream"])),
+    secret = cfg["token_secret"].encode("utf-8")
+    site = Site(pass_through(make_relay(reactor, pool, cfg["upstream"]), secret),
                 parsePOSTFormSubmission=False)
     site.noisy = False
     endpoint = serverFromString(

@@ -48,14 +48,9 @@ from common import (
 from measure import Measure, Request, choose_loadgen, loadgen_label
 from processes import Failed, Processes, run_bench, script
 from report import ACCESS_RE, TROUBLE_RE, source_fingerprint
-from stack import Stack
+from stack import LIMITS, Stack
 
 FREE, LIMITED = "free", "limited"
-#: The limited token's limits: every kind set, none reachable in a run.
-LIMITS = {"rpm": 1_000_000, "concurrency": 100_000,
-          "budget_usd": {"5h": 1_000_000, "1d": 1_000_000, "7d": 1_000_000,
-                         "30d": 1_000_000},
-          "models": ["claude-*"]}
 #: A token only for the probe: the fixture's model matches none of its patterns.
 PROBE_LIMITS = {"models": ["bench-no-such-model-*"]}
 #: The figure the limited token must keep, as a share of the free token's requests/s.
@@ -286,7 +281,8 @@ class Bench:
                 trouble.append(line)
         say("\nlinkrouter access lines by status: " + ", ".join(
             f"{k}: {v}" for k, v in sorted(statuses.items())))
-        expected = {"200": None, "401": 2, "403": int(self.probe_refused),
+        sanity_401 = 2 * len(self.stack.bad_tokens())  # the sanity check, once per token
+        expected = {"200": None, "401": sanity_401, "403": int(self.probe_refused),
                     "client-gone": self.abandoned}
         odd = {k: v for k, v in statuses.items()
                if k not in expected or (expected[k] is not None and v > expected[k])}

@@ -8,27 +8,33 @@ One run, on 127.0.0.1 only, starts these programs, each in its own process:
   wire format from the recorded fixtures in C{tests/fixtures/responses/};
 - linkrouter, started exactly as an operator starts it
   (C{twistd -n --pidfile= linkrouter --listen ...});
-- C{baseline.py treq} ("baseline"): a minimal treq pass-through reverse proxy on
-  twisted.web (the same streaming approach as linkrouter, no auth, no header logic, no
-  metering), and C{baseline.py agent} ("agent"): the same on a bare
-  C{twisted.web.client.Agent}, without treq;
+- C{baseline.py treq} ("treq"): a minimal treq pass-through reverse proxy on twisted.web
+  (the same streaming approach as linkrouter, an HS256 check of the router token on every
+  request, no header logic, no limits, no metering), and C{baseline.py agent} ("agent"):
+  the same on a bare C{twisted.web.client.Agent}, without treq;
 - C{clients.py}: the built-in load generator (or C{wrk} when installed), a streaming client
-  that time-stamps every SSE event it receives, and a slow reader for a large answer.
+  that time-stamps every SSE event it receives, a time-to-first-event client, a client that
+  holds many streams open, and a slow reader for a large answer.
 
-It prints requests/s and latency percentiles at several concurrencies for every proxy and
-linkrouter's ratio to each bare contender, the delay each proxy adds to every streamed SSE
-event, the proxies' memory (VmRSS/VmHWM) including while a large answer streams to a slow
-client, and what the router's own log says about the run. See C{benchmarks/README.rst}.
+linkrouter's token is issued with limits (every kind, none reachable) unless
+C{--no-limits}. It prints the proxies' RSS idle and with C{--hold-streams} streams held
+open, the time to the first SSE event, requests/s, latency percentiles and CPU time per
+request at several concurrencies over C{--rounds} rounds for every proxy with their medians
+and linkrouter's ratio to each bare contender, the delay each proxy adds to every streamed
+SSE event, the proxies' memory (VmRSS/VmHWM) including while a large answer streams to a
+slow client, what the router's own log says about the run, and a summary table. See
+C{benchmarks/README.rst}.
 
 Usage (from the repository root)::
 
-    python benchmarks/bench_proxy.py            # about 3.5 minutes
-    python benchmarks/bench_proxy.py --quick    # about 45 seconds
+    python benchmarks/bench_proxy.py            # about 5 minutes
+    python benchmarks/bench_proxy.py --quick    # about 70 seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -36,14 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import REPO, mib, proc_status, ratio, say
+from common import REPO, mib, proc_status, say
 from measure import Measure, choose_loadgen, loadgen_label
 from processes import Processes, run_bench
-from report import memory_table, router_log, source_fingerprint
-from stack import Stack
-
-#: Short names of the bare contenders in the ratio rows.
-SHORT = {"baseline": "bl", "agent": "ag"}
+from report import memory_table, router_log, source_fingerprint, summary_table
+from stack import LIMITS, Stack
+from throughput import Throughput
 
 
 @dataclass
@@ -52,18 +56,22 @@ class Settings:
 
     duration: int
     warmup: int
+    rounds: int
     events: int
     large_mb: int
+    ttfb_requests: int
     levels: list[int]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
         quick = args.quick
         return cls(
-            duration=args.duration or (2 if quick else 15),
+            duration=args.duration or (2 if quick else 10),
             warmup=args.warmup if args.warmup is not None else (1 if quick else 2),
+            rounds=args.rounds or (1 if quick else 2),
             events=args.events or (50 if quick else 100),
             large_mb=args.large_mb or (16 if quick else 50),
+            ttfb_requests=args.ttfb_requests or (50 if quick else 200),
             levels=[int(c) for c in args.concurrency.split(",")],
         )
 
@@ -77,7 +85,13 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="linkrouter-bench-"))
         self.procs = Processes(self.tmp)
         self.stack = Stack(self.procs, args.backlog)
+        if not args.no_limits:
+            self.stack.token_limits = LIMITS
         self.measure: Measure | None = None
+        #: What the summary table shows: proxy name -> figure -> value.
+        self.figures: dict[str, dict[str, Any]] = {}
+        #: The same SSE delay and TTFB figures straight from the upstream (no proxy).
+        self.direct: dict[str, float] = {}
         self.memory: list[tuple[str, dict[str, dict[str, int]]]] = []
         self.findings: list[str] = []
         self.abandoned_max = 0
@@ -85,11 +99,15 @@ class Bench:
     def run(self) -> None:
         started = time.monotonic()
         self.start()
+        self.held_streams()
+        self.first_event()
         self.throughput()
         self.streaming()
         self.large_answer()
         self.check_memory()
         self.findings += router_log(self.tmp / "router.log", self.abandoned_max)
+        summary_table(self.settings.levels, self.args.hold_streams, self.figures,
+                      self.direct)
         say()
         say(f"total time {time.monotonic() - started:.0f} s")
         if self.findings:
@@ -111,69 +129,73 @@ class Bench:
         say(f"upstream :{stack.upstream_port}  " + "  ".join(
             f"{p.name} :{p.port} (pid {p.process.pid})" for p in stack.proxies))
         say("router command: " + " ".join(stack.redact(stack.router_cmd)))
+        say("linkrouter's token: " + (
+            f"issued with limits {json.dumps(stack.issued_limits)} (policy and spend book on "
+            "every request; --no-limits for none)" if stack.token_limits is not None
+            else "issued without limits (--no-limits)"))
+        say("every contender verifies the HS256 router token of every request")
         stack.sanity()
         say(f"sanity: JSON and SSE answers match the fixtures byte for byte through all "
-            f"{len(stack.proxies)} proxies; a bad token gets 401")
+            f"{len(stack.proxies)} proxies; a bad token gets 401 from each")
+        self.figures = {proxy.name: {} for proxy in stack.proxies}
         self.snapshot("after start")
 
     def snapshot(self, phase: str) -> None:
         self.memory.append((phase, {p.name: proc_status(p.process.pid)
                                     for p in self.stack.proxies}))
 
-    # -- 1. Throughput and latency --------------------------------------------------------
+    # -- 1. Memory with streams held open, time to the first event --------------------
+
+    def held_streams(self) -> None:
+        assert self.measure is not None
+        n = self.args.hold_streams
+        say()
+        say(f"== {n} streams held open at once (the upstream holds each after "
+            "content_block_start until released) ==")
+        say(f"{'proxy':<11}{'RSS idle':>12}{'RSS held':>12}{'per stream':>12}  "
+            f"{'held':>9}  {'completed':>9}  errors")
+        for proxy in self.stack.proxies:
+            r = self.measure.held(proxy.process, proxy.port, n)
+            self.figures[proxy.name]["rss"] = (r["idle"], r["rss"])
+            per = (r["rss"] - r["idle"]) / max(1, r["held"])
+            say(f"{proxy.name:<11}{mib(r['idle']):>12}{mib(r['rss']):>12}{per:>9.1f} KiB"
+                f"  {r['held']:>4}/{n:<4}  {r['completed']:>4}/{n:<4}  {r['errors'] or '-'}")
+            if r["held"] != n or r["completed"] != n or r["errors"]:
+                self.findings.append(f"{proxy.name}: of {n} held streams {r['held']} opened "
+                                     f"and {r['completed']} completed: {r['errors']}")
+        self.snapshot(f"after {n} held streams")
+
+    def first_event(self) -> None:
+        assert self.measure is not None
+        requests = self.settings.ttfb_requests
+        say()
+        say(f"== Time to the first SSE event: {requests} streaming requests (the recorded "
+            "answer) one at a time on one keep-alive connection, from writing the request "
+            "to reading the first whole event ==")
+        say(f"{'path':<11}{'p50 ms':>9}{'p90 ms':>9}{'min ms':>9}{'max ms':>9}  requests")
+        targets = {"direct": self.stack.upstream_port, **self.stack.targets()}
+        for name, port in targets.items():
+            r = self.measure.ttfb(port, requests, warmup=10)
+            self.figures.get(name, self.direct)["ttfb"] = r["p50"]
+            say(f"{name:<11}{r['p50']:>9.2f}{r['p90']:>9.2f}{r['min']:>9.2f}{r['max']:>9.2f}"
+                f"  {r['requests']:>4}/{requests}" + (f" {r['errors']}" if r["errors"] else ""))
+            if r["errors"] or r["requests"] != requests:
+                self.findings.append(f"{name}: time to first event: {r['errors']}")
+
+    # -- 2. Throughput and latency --------------------------------------------------------
 
     def throughput(self) -> None:
         assert self.measure is not None
-        s, stack = self.settings, self.stack
-        top = max(s.levels)
-        capacity = self.measure.load(stack.upstream_port, top, max(2, s.duration // 3), 1)
-        say()
-        say(f"== Non-streaming POST {stack.path} ({len(stack.expected_json)}-byte JSON "
-            f"answer); {s.duration} s per point after {s.warmup} s warm-up ==")
-        say(f"upstream alone (no proxy), {top} connections: {capacity['rps']:.0f} req/s, "
-            f"p50 {capacity['p50']:.2f} ms (the ceiling: a proxy cannot beat this)")
-        say(f"{'conns':>5}  {'proxy':<11}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
-            f"{'max ms':>9}  {'non-2xx':>7} {'errors':>6} {'overflows':>9}")
-        for c in s.levels:
-            results = {name: self.load_point(name, port, c)
-                       for name, port in stack.targets().items()}
-            lr = results["linkrouter"]
-            for name, short in SHORT.items():
-                other = results[name]
-                say(f"{c:>5}  {'ratio lr/' + short:<11}{ratio(lr['rps'], other['rps']):>9}"
-                    f"{ratio(lr['p50'], other['p50']):>9}{ratio(lr['p90'], other['p90']):>9}"
-                    f"{ratio(lr['p99'], other['p99']):>9}")
-            self.snapshot(f"after {c} connections")
-        say("overflows: handshakes the kernel dropped during the point (warm-up included) "
-            "because the proxy's listen queue was full (TcpExt ListenOverflows)")
-        say(f"ratio lr/{SHORT['baseline']}: linkrouter / the treq pass-through; ratio "
-            f"lr/{SHORT['agent']}: linkrouter / the bare Agent pass-through")
-
-    def load_point(self, name: str, port: int, c: int) -> dict[str, Any]:
-        """One proxy at C{c} connections: measure, print its row, note what is wrong."""
-        assert self.measure is not None
         s = self.settings
-        if name == "linkrouter":
-            self.abandoned_max += self.measure.abandoned(c, s.warmup)
-        r = self.measure.load(port, c, s.duration, s.warmup)
-        say(f"{c:>5}  {name:<11}{r['rps']:>9.0f}{r['p50']:>9.2f}{r['p90']:>9.2f}"
-            f"{r['p99']:>9.2f}{r['max']:>9.1f}  {r['non2xx']:>7} {r['errors']:>6}"
-            f" {'-' if r['overflows'] is None else r['overflows']:>9}"
-            + (f" {r['error_kinds']}" if r.get("error_kinds") else ""))
-        if r["overflows"]:
-            self.findings.append(
-                f"{name} at {c} connections: the kernel dropped {r['overflows']} "
-                "handshakes (warm-up included) because its listen queue was full "
-                "(TcpExt ListenOverflows; Twisted's default backlog is 50): those "
-                "connections stall until a TCP retransmit (200 ms to 1 s+); "
-                "compare with --backlog 1024")
-        if r["non2xx"] or r["errors"]:
-            self.findings.append(
-                f"{name} at {c} connections: {r['non2xx']} non-2xx answers, "
-                f"{r['errors']} socket errors {r.get('error_kinds') or ''}")
-        return r
+        phase = Throughput(self.measure, self.stack, s.levels, s.duration, s.warmup,
+                           s.rounds)
+        phase.run(self.snapshot)
+        self.findings += phase.findings
+        self.abandoned_max += phase.abandoned
+        for name, figures in self.figures.items():
+            figures["rps"] = {c: phase.median(name, c, "rps") for c in s.levels}
 
-    # -- 2. Per-event streaming delay ---------------------------------------------------
+    # -- 3. Per-event streaming delay ---------------------------------------------------
 
     def streaming(self) -> None:
         assert self.measure is not None
@@ -188,6 +210,8 @@ class Bench:
         for n in [1, args.streams] if args.streams > 1 else [1]:
             for name, port in targets.items():
                 r = self.measure.streams(port, n, events, args.delay_ms)
+                if n == 1:
+                    self.figures.get(name, self.direct)["sse"] = r["p50"]
                 ok = r["complete"] == r["streams"] and r["in_order"] and not r["errors"]
                 say(f"{n:>7}  {name:<11}{r['p50']:>9.2f}{r['p90']:>9.2f}{r['p99']:>9.2f}"
                     f"{r['max']:>9.2f}  {r['events']:>5}/{r['expected']:<5}  "
@@ -197,7 +221,7 @@ class Bench:
                                          f"{r}")
         self.snapshot("after streaming")
 
-    # -- 3. Large streamed answer to a slow reader ----------------------------------------
+    # -- 4. Large streamed answer to a slow reader ----------------------------------------
 
     def large_answer(self) -> None:
         assert self.measure is not None
@@ -225,7 +249,7 @@ class Bench:
                                      f"{large_mb} MiB to a slow reader")
         self.snapshot("end of run")
 
-    # -- 4. Memory ------------------------------------------------------------------------
+    # -- 5. Memory ------------------------------------------------------------------------
 
     def check_memory(self) -> None:
         memory_table([p.name for p in self.stack.proxies], self.memory)
@@ -241,9 +265,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "and Agent), on loopback, with a fast fake upstream. See "
                     "benchmarks/README.rst.")
     parser.add_argument("--quick", action="store_true",
-                        help="short run (about 45 s) instead of about 3.5 minutes")
+                        help="short run (about 70 s) instead of about 5 minutes")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="rounds of the throughput phase, each loading every proxy at "
+                             "every concurrency (default 2, quick 1)")
     parser.add_argument("--duration", type=int, default=0,
-                        help="seconds measured per load point (default 15, quick 2)")
+                        help="seconds measured per load point (default 10, quick 2)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="warm-up seconds before each load point (default 2, quick 1)")
     parser.add_argument("--concurrency", default="1,10,100",
@@ -256,6 +283,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="upstream delay between SSE events (default 20)")
     parser.add_argument("--streams", type=int, default=20,
                         help="parallel streams for the second delay test (default 20)")
+    parser.add_argument("--ttfb-requests", type=int, default=0,
+                        help="streaming requests timed to their first event (default 200, "
+                             "quick 50)")
+    parser.add_argument("--hold-streams", type=int, default=200,
+                        help="streams held open at once for the RSS figure (default 200)")
     parser.add_argument("--large-mb", type=int, default=0,
                         help="size of the large streamed answer in MiB (default 50, quick 16)")
     parser.add_argument("--event-kib", type=int, default=16,
@@ -266,6 +298,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="add :backlog=N to every proxy's listen endpoint (default: "
                              "none, so Twisted's listen backlog of 50, as a plain "
                              "--listen tcp:PORT gets)")
+    parser.add_argument("--no-limits", action="store_true",
+                        help="issue linkrouter's token without limits (default: every kind "
+                             "of limit, none reachable, as bench_limits.py's limited token)")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin the proxies and the load to separate CPUs")
     parser.add_argument("--keep", action="store_true",
@@ -276,7 +311,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     bench = Bench(args)
-
 
     def run() -> int:
         bench.run()

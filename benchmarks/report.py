@@ -1,6 +1,7 @@
 """
 The orchestrator's summaries that are not measurements: which linkrouter code ran, the
-proxies' memory over the run, and what linkrouter's own log says about it.
+proxies' memory over the run, what linkrouter's own log says about it, and the run's
+figures in one table.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from common import REPO, mib, say
+from common import REPO, mib, ratio, say
 
 ACCESS_RE = re.compile(r"\] (GET|POST|HEAD|PUT|DELETE|OPTIONS|PATCH) (\S+) (\S+) (\d+)ms")
 TROUBLE_RE = re.compile(
@@ -84,3 +86,43 @@ def router_log(path: Path, abandoned_max: int) -> list[str]:
     if odd:
         findings.append(f"linkrouter access log has unexpected statuses: {odd}")
     return findings
+
+
+#: The rows of the summary table, in the issue's order: proxy name -> label.
+CONTENDER_LABELS = {"treq": "bare treq pass-through", "agent": "bare Agent pass-through",
+                    "linkrouter": "linkrouter"}
+
+
+def summary_table(levels: list[int], streams: int, figures: dict[str, dict[str, Any]],
+                  direct: dict[str, float]) -> None:
+    """
+    The run in one Markdown table: per contender the median req/s at each concurrency, the
+    SSE delay p50 (1 stream), the TTFB p50 and the RSS idle and with C{streams} streams
+    held; then linkrouter's ratio to each bare contender.
+
+    C{figures[name]} holds C{"rps"} (connections -> req/s), C{"sse"} and C{"ttfb"} (ms) and
+    C{"rss"} (idle and held kB); C{direct} the same SSE delay and TTFB without a proxy.
+    """
+    say()
+    say("== Summary ==")
+    say(f"| contender | rps c={' / '.join(map(str, levels))} | added delay per SSE event, "
+        f"p50 | TTFB p50 | RSS idle → {streams} streams |")
+    say("|---|---|---|---|---|")
+    for name, label in CONTENDER_LABELS.items():
+        f = figures[name]
+        rps = " / ".join(f"{f['rps'][c]:.0f}" for c in levels)
+        say(f"| {label} | {rps} | "
+            f"{f['sse']:.2f} ms | {f['ttfb']:.2f} ms | "
+            f"{f['rss'][0] / 1024:.1f} → {f['rss'][1] / 1024:.1f} MiB |")
+    lr = figures["linkrouter"]
+    for name in ("treq", "agent"):
+        f = figures[name]
+        say(f"| linkrouter / {CONTENDER_LABELS[name].split()[1]} | "
+            f"{' / '.join(ratio(lr['rps'][c], f['rps'][c]) for c in levels)} | "
+            f"{ratio(lr['sse'], f['sse'])} | {ratio(lr['ttfb'], f['ttfb'])} | "
+            f"{ratio(lr['rss'][0], f['rss'][0])} → {ratio(lr['rss'][1], f['rss'][1])} |")
+    say(f"rps: medians over the rounds; SSE delay: 1 stream; straight from the upstream (no "
+        f"proxy) the SSE delay p50 is {direct['sse']:.2f} ms and the TTFB p50 "
+        f"{direct['ttfb']:.2f} ms. Every contender verifies the HS256 router token of every "
+        "request. 1 vs 2 workers: bench_workers.py; many concurrent streams: "
+        "bench_streams.py.")

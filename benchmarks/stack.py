@@ -1,8 +1,9 @@
 """
 The system under test: the fake upstream, linkrouter and the two bare contenders.
 
-L{Stack} starts them on free loopback ports, issues linkrouter a client token, and checks
-that one JSON and one SSE answer come through each proxy byte for byte.
+L{Stack} starts them on free loopback ports, issues linkrouter a client token (the
+contenders verify it with the same token secret), and checks that one JSON and one SSE
+answer come through each proxy byte for byte and that a bad token gets 401 from each.
 """
 
 from __future__ import annotations
@@ -14,18 +15,34 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import jwt
 from common import LOOPBACK, REPO, RESPONSES, fetch, free_port
 from processes import Failed, Processes, script, twistd_command
 from upstream import Answers
 
 #: The bare pass-through contenders: column name -> role of C{baseline.py}.
-CONTENDERS = {"baseline": "treq", "agent": "agent"}
+CONTENDERS = {"treq": "treq", "agent": "agent"}
+
+#: A token with every kind of limit set, none reachable in a run: the router's policy
+#: stage and spend book then run on every request.
+LIMITS = {"rpm": 1_000_000, "concurrency": 100_000,
+          "budget_usd": {"5h": 1_000_000, "1d": 1_000_000, "7d": 1_000_000,
+                         "30d": 1_000_000},
+          "models": ["claude-*"]}
 
 #: Environment variables the router must not inherit from whoever runs the benchmark.
 ROUTER_ENV_DROP = (
     "LINKROUTER_", "TOKEN_SECRET", "ADMIN_KEY", "CLAUDE_CODE_", "UPSTREAM_",
     "OAUTH_TOKEN_URL", "DATABASE_URL", "VERBOSE", "ROUTER_", "STATE_DIRECTORY", "PYTHONPATH",
 )
+
+
+def error_type(body: bytes) -> object:
+    """The C{error.type} of an Anthropic-style error answer (None when it is not one)."""
+    try:
+        return json.loads(body)["error"]["type"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass
@@ -62,6 +79,8 @@ class Stack:
         self.router_args: list[str] = []
         #: The limits the client token is issued with (C{None}: none).
         self.token_limits: dict[str, object] | None = None
+        #: The limits the router says the token was issued with.
+        self.issued_limits: object = None
 
     @property
     def router(self) -> Proxy:
@@ -82,6 +101,7 @@ class Stack:
             port = free_port()
             process = self.procs.spawn(name, script(
                 "baseline.py", role, port=port, upstream=upstream_url, backlog=self.backlog,
+                token_secret=self.token_secret,
             ), proxy=True)
             self.proxies.append(Proxy(name, port, process))
         for proxy in self.proxies:
@@ -109,6 +129,7 @@ class Stack:
             "router", self.router_cmd, env=env, proxy=True))
 
     def issue_token(self) -> None:
+        """Issue the client token with L{token_limits}; keep the limits the router set."""
         ask: dict[str, object] = {"label": "bench", "ttl_hours": 2}
         if self.token_limits is not None:
             ask["limits"] = self.token_limits
@@ -118,7 +139,9 @@ class Stack:
         )
         if status != 200:
             raise Failed(f"POST /api/tokens answered {status}: {body[:300]!r}")
-        self.token = json.loads(body)["token"]
+        answer = json.loads(body)
+        self.token = str(answer["token"])
+        self.issued_limits = answer.get("limits")
         self.headers = {
             "Authorization": "Bearer " + self.token,
             "Content-Type": "application/json",
@@ -126,7 +149,10 @@ class Stack:
         }
 
     def sanity(self) -> None:
-        """One JSON and one SSE answer through each proxy, compared byte for byte."""
+        """
+        One JSON and one SSE answer through each proxy, compared byte for byte, and a token
+        signed with another secret (in either header) refused with 401 by each.
+        """
         for name, port in self.targets().items():
             status, body = fetch(port, "POST", self.path, self.body.encode(), self.headers)
             if status != 200 or body != self.expected_json:
@@ -136,10 +162,21 @@ class Stack:
                                  self.headers)
             if status != 200 or body != self.expected_sse:
                 raise Failed(f"{name}: SSE answer {status} differs from the fixture")
-        status, body = fetch(self.router.port, "POST", self.path, self.body.encode(),
-                             {**self.headers, "Authorization": "Bearer la_sk_wrong"})
-        if status != 401:
-            raise Failed(f"linkrouter accepted a bad token ({status})")
+            for headers in self.bad_tokens():
+                status, body = fetch(port, "POST", self.path, self.body.encode(), headers)
+                if status != 401 or error_type(body) != "authentication_error":
+                    raise Failed(f"{name} answered {status} to a bad token, not 401 with an "
+                                 f"authentication_error: {body[:200]!r}")
+
+    def bad_tokens(self) -> list[dict[str, str]]:
+        """Headers with a token no proxy may accept: malformed, or signed with another
+        secret (in C{Authorization} and in C{x-api-key})."""
+        forged = "la_sk_" + jwt.encode({"sub": "bench", "exp": 9_999_999_999},
+                                       secrets.token_hex(32), algorithm="HS256")
+        without = {k: v for k, v in self.headers.items() if k != "Authorization"}
+        return [{**without, "Authorization": "Bearer la_sk_wrong"},
+                {**without, "Authorization": "Bearer " + forged},
+                {**without, "x-api-key": forged}]
 
     def redact(self, cmd: list[str]) -> Iterator[str]:
         hidden = {self.token_secret, self.admin_key, self.oauth}
