@@ -80,6 +80,21 @@ class GuardedHTTPChannel(HTTPChannel):
     #: When the head under way must be complete (the timer's clock); None: none under way.
     _head_deadline: float | None = None
 
+    #: The connection's two addresses, asked of the transport once (twisted.web asks for
+    #: both on every request; the local one is a system call each time).
+    _host: Any = None
+    _peer: Any = None
+
+    def getHost(self) -> Any:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
+
     def dataReceived(self, data: bytes) -> None:
         if self._reading_head and self._head_deadline is None and data and self.header_timeout:
             self._start_head_clock(self.header_timeout)

@@ -25,7 +25,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.client import (
-    Agent,
     BrowserLikePolicyForHTTPS,
     FileBodyProducer,
     HTTPConnectionPool,
@@ -41,7 +40,7 @@ from linkrouter.credentials import Credential
 from linkrouter.errors import APIError, client_reason, short_reason
 from linkrouter.metrics import Metrics
 from linkrouter.relay import DEFAULT_IDLE_TIMEOUT
-from linkrouter.upstreamclient import UpstreamClient
+from linkrouter.upstreamclient import KnownURIAgent, UpstreamClient
 
 _log = Logger(namespace="linkrouter.upstream")
 
@@ -350,7 +349,7 @@ def http_client(reactor: Any) -> tuple[HTTPClient, HTTPConnectionPool]:
     pool.cachedConnectionTimeout = 120
     endpoints = _StandardEndpointFactory(
         reactor, BrowserLikePolicyForHTTPS(), CONNECT_TIMEOUT, None)
-    agent = Agent.usingEndpointFactory(reactor, KeptEndpoints(endpoints), pool=pool)
+    agent = KnownURIAgent.usingEndpointFactory(reactor, KeptEndpoints(endpoints), pool=pool)
     jar = IndexableCookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
     return UpstreamClient(IdentityEncodingAgent(agent), jar, plain=agent,
                           keeps_cookies=False), pool

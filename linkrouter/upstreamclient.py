@@ -20,7 +20,14 @@ from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from treq.response import _Response
 from twisted.internet.defer import Deferred
-from twisted.web.client import ContentDecoderAgent, CookieAgent, GzipDecoder
+from twisted.web._newclient import _ensureValidURI
+from twisted.web.client import (
+    URI,
+    Agent,
+    ContentDecoderAgent,
+    CookieAgent,
+    GzipDecoder,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 
@@ -83,3 +90,45 @@ class _DecodingAgent(ContentDecoderAgent):
                 bodyProducer: Any = None) -> Deferred[Any]:  # IAgent names it
         deferred: Deferred[Any] = self._agent.request(method, uri, headers, bodyProducer)
         return deferred.addCallback(self._handleResponse)
+
+
+class KnownURIAgent(Agent):
+    """
+    Twisted's L{Agent}, parsing each URL once.
+
+    L{Agent.request} parses its URL, makes its path's origin form and (for headers without
+    C{Host}) copies the headers to add one, on every request. The router sends the same
+    few URLs with headers it built for the one request: this agent remembers what each URL
+    parses to and adds C{Host} to those headers themselves.
+    """
+
+    #: More distinct URLs than this and the remembered ones are forgotten.
+    MAX_URLS = 256
+    _known: dict[bytes, tuple[URI, tuple[bytes, bytes, int], bytes, bytes]]
+
+    @classmethod
+    def usingEndpointFactory(cls, reactor: Any, endpointFactory: Any,
+                             pool: Any = None) -> KnownURIAgent:
+        agent = cast(KnownURIAgent, super().usingEndpointFactory(reactor, endpointFactory,
+                                                                 pool))
+        agent._known = {}
+        return agent
+
+    def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
+                bodyProducer: Any = None) -> Deferred[Any]:  # IAgent names it
+        known = self._known.get(uri)
+        if known is None:
+            parsed = URI.fromBytes(_ensureValidURI(uri.strip()))
+            key = (parsed.scheme, parsed.host, parsed.port)
+            host = self._computeHostValue(*key)
+            known = (parsed, key, parsed.originForm, host)
+            if len(self._known) >= self.MAX_URLS:
+                self._known.clear()
+            self._known[uri] = known
+        parsed, key, path, host = known
+        if headers is None:
+            headers = Headers()
+        if not headers.hasHeader(b"host"):
+            headers.addRawHeader(b"Host", host)
+        return self._requestWithEndpoint(key, self._getEndpoint(parsed), method, parsed,
+                                         headers, bodyProducer, path)

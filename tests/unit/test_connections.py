@@ -132,3 +132,33 @@ class HeadTimerTests(SynchronousTestCase):
         clock.advance(1.01)
         self.assertIn(b"408 Request Timeout", transport.value())
         self.assertEqual(armed, [1.0, 1.0, 2.0])
+
+class AddressTests(SynchronousTestCase):
+    """A connection's addresses are asked of its transport once, however many requests."""
+
+    def test_asked_once(self) -> None:
+        asked: list[str] = []
+
+        class Counting(StringTransport):
+            def getHost(self) -> Any:
+                asked.append("host")
+                return super().getHost()
+
+            def getPeer(self) -> Any:
+                asked.append("peer")
+                return super().getPeer()
+
+        page = Data(b"ok", "text/plain")
+        page.isLeaf = True
+        site = Site(page)
+        channel = GuardedHTTPChannel()
+        channel.timeOut = None
+        channel.site, channel.requestFactory = site, site.requestFactory
+        transport = Counting()
+        channel.makeConnection(transport)
+        for _ in range(3):
+            channel.dataReceived(REQUEST)
+        self.assertEqual(transport.value().count(b"200 OK"), 3)
+        self.assertEqual(sorted(asked), ["host", "peer"])
+        self.assertEqual(channel.getHost(), transport.getHost())
+        self.assertEqual(channel.getPeer(), transport.getPeer())

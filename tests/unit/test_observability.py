@@ -9,6 +9,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from linkrouter.access import new_request_id
 from linkrouter.logs import json_line
 
 
@@ -24,3 +25,13 @@ class JSONLineTests(SynchronousTestCase):
                                        "log_namespace": "x"}))
         self.assertEqual(record, {"time": "1970-01-01T00:00:00+00:00", "level": "warn",
                                   "namespace": "x", "message": "hello you"})
+
+
+class RequestIdTests(SynchronousTestCase):
+    """Request ids: C{req_} and 24 hex digits, unique."""
+
+    def test_unique(self) -> None:
+        ids = [new_request_id() for _ in range(10000)]
+        self.assertEqual(len(set(ids)), len(ids))
+        for found in ids[:3] + ids[-3:]:
+            self.assertRegex(found, r"^req_[0-9a-f]{24}$")
