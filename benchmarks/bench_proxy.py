@@ -294,10 +294,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="event size of the large answer in KiB (default 16)")
     parser.add_argument("--slow-pause", type=float, default=0.005,
                         help="seconds the slow reader sleeps after each 64 KiB read")
-    parser.add_argument("--backlog", type=int, default=0,
-                        help="add :backlog=N to every proxy's listen endpoint (default: "
-                             "none, so Twisted's listen backlog of 50, as a plain "
-                             "--listen tcp:PORT gets)")
+    parser.add_argument("--backlog", type=int, default=1024,
+                        help="add :backlog=N to every proxy's listen endpoint (default "
+                             "1024, what linkrouter listens with unless told otherwise, so "
+                             "the contenders queue handshakes alike; 0: none, so Twisted's "
+                             "backlog of 50 for the contenders)")
     parser.add_argument("--no-limits", action="store_true",
                         help="issue linkrouter's token without limits (default: every kind "
                              "of limit, none reachable, as bench_limits.py's limited token)")
