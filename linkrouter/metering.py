@@ -109,6 +109,12 @@ class UsageMeter:
                 self._overflowed = True
                 self._pending = bytearray()
             return
+        if (not self._pending and not self._cr and chunk.startswith(b"event:")
+                and not chunk.startswith(_WANTED_LINES)
+                and chunk.find(b"\n\n") == len(chunk) - 2):
+            # Most chunks: one whole event that carries neither usage nor the model (the
+            # same test as _event's), with nothing pending before it: nothing to keep.
+            return
         self._pending += self._lines(chunk)
         self._events()
 

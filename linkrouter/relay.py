@@ -38,6 +38,9 @@ from linkrouter.tokens import TokenClaims
 from linkrouter.tokenusage import Usage
 
 DEFAULT_IDLE_TIMEOUT = 300.0
+#: The Prometheus bytes counter is told of an answer's bytes in steps of this many (and at
+#: its end), so that it follows a long stream without a lock taken per chunk.
+COUNT_BYTES_EVERY = 64 * 1024
 
 _log = Logger(namespace="linkrouter.relay")
 
@@ -161,6 +164,8 @@ class Relay:
     _timer: IDelayedCall | None = None
     _finished: bool = False
     _settled: bool = False
+    #: How much of note.sent_bytes the bytes counter has been told.
+    _bytes_counted: int = 0
 
     async def run(self, response: Any) -> None:
         """Relay C{response} (status, headers, body) to the client, then finish it."""
@@ -238,7 +243,11 @@ class Relay:
     def _write(self, data: bytes) -> None:
         if self.gone or self._finished:
             raise ConnectionError("the answer is over")
-        self.heard()
+        timer = self._timer  # heard(), inlined: this runs for every chunk of every answer
+        if timer is not None and timer.active():
+            timer.reset(self.idle_timeout)
+        else:
+            self.heard()
         shaped = self.shaper.feed(data)
         if shaped:
             self._send(shaped)
@@ -248,12 +257,21 @@ class Relay:
         self.request.write(data)
         access = self.note
         access.sent_bytes += len(data)
-        if self.metrics is not None:
-            self.metrics.bytes_down.inc(len(data))
-            if access.first_byte is None:
-                access.first_byte = time.monotonic()
+        if access.first_byte is None:
+            access.first_byte = time.monotonic()
+            if self.metrics is not None:
                 self.metrics.first_byte_of(self.dialect).observe(
                     access.first_byte - access.started)
+        # The bytes counter is told in steps of COUNT_BYTES_EVERY and when the answer ends
+        # (not per chunk: each increment takes a lock).
+        if access.sent_bytes - self._bytes_counted >= COUNT_BYTES_EVERY:
+            self._count_bytes()
+
+    def _count_bytes(self) -> None:
+        sent = self.note.sent_bytes
+        if self.metrics is not None and sent > self._bytes_counted:
+            self.metrics.bytes_down.inc(sent - self._bytes_counted)
+        self._bytes_counted = sent
 
     def _broken(self, e: Exception) -> None:
         """The upstream failed mid-answer: tell the client as well as its format allows."""
@@ -280,6 +298,7 @@ class Relay:
         if self._settled:
             return
         self._settled = True
+        self._count_bytes()
         self.streams.discard(self)
         meter = self._meter
         meter.close()

@@ -240,6 +240,39 @@ class EventTests(SynchronousTestCase):
         kinds = [text.split(b'"type":"', 1)[1].split(b'"')[0] for text in self.decoded]
         self.assertEqual(kinds, [b"message_start", b"message_delta"])
 
+    def test_event_per_chunk(self) -> None:
+        """
+        Cut as upstreams send it, one event a chunk, the recorded stream gives its usage
+        and model, and only the events that carry them are kept to be read; the same
+        holds when such a chunk arrives while part of a usage event is pending.
+        """
+        events = [e + b"\n\n" for e in SSE.split(b"\n\n") if e.strip()]
+        kept: list[bytes] = []
+        real = UsageMeter._lines
+        self.patch(UsageMeter, "_lines", lambda meter, chunk: kept.append(chunk) or
+                   real(meter, chunk))
+        meter = streaming()
+        for event in events:
+            meter.feed(event)
+        meter.close()
+        self.assertEqual((meter.usage, meter.model), (RECORDED, RECORDED_MODEL))
+        self.assertEqual([k.split(b"\n", 1)[0] for k in kept],
+                         [b"event: message_start", b"event: message_delta"])
+        start = next(e for e in events if e.startswith(b"event: message_start"))
+        delta = next(e for e in events if e.startswith(b"event: content_block_delta"))
+        for chunks in ((start[:20], start[20:], delta), (start[:-1], b"\n", delta, delta),
+                       (start[:-1], b"\n" + delta, delta)):
+            meter = streaming()
+            for chunk in chunks:
+                meter.feed(chunk)
+            meter.close()
+            self.assertEqual(meter.model, RECORDED_MODEL)
+        pending = streaming()
+        pending.feed(start[:-2])  # message_start not ended yet when a whole event comes
+        pending.feed(delta)
+        pending.close()
+        self.assertEqual(pending.model, None)  # read as one event beginning message_start
+
     def test_text_naming_usage_events_not_decoded(self) -> None:
         """A content delta whose text names message_delta is still not decoded."""
         delta = {"type": "content_block_delta", "index": 0,
