@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -199,27 +200,38 @@ class Bench:
 
     def streaming(self) -> None:
         assert self.measure is not None
-        args, events = self.args, self.settings.events
+        args, events, rounds = self.args, self.settings.events, self.settings.rounds
         say()
         say(f"== SSE per-event added delay: {events} content_block_delta events "
-            f"{args.delay_ms:g} ms apart; delay = client receive time - upstream write time "
-            "(CLOCK_MONOTONIC) ==")
-        say(f"{'streams':>7}  {'path':<11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-            f"  {'events':>11}  complete")
-        targets = {"direct": self.stack.upstream_port, **self.stack.targets()}
+            f"{args.delay_ms:g} ms apart, {rounds} round(s) starting each with another path; "
+            "delay = client receive time - upstream write time (CLOCK_MONOTONIC) ==")
+        say(f"{'round':>5} {'streams':>7}  {'path':<11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+            f"{'max ms':>9}  {'events':>11}  complete")
+        targets = list({"direct": self.stack.upstream_port, **self.stack.targets()}.items())
+        p50s: dict[tuple[int, str], list[float]] = {}
         for n in [1, args.streams] if args.streams > 1 else [1]:
-            for name, port in targets.items():
-                r = self.measure.streams(port, n, events, args.delay_ms)
-                if n == 1:
-                    self.figures.get(name, self.direct)["sse"] = r["p50"]
-                ok = r["complete"] == r["streams"] and r["in_order"] and not r["errors"]
-                say(f"{n:>7}  {name:<11}{r['p50']:>9.2f}{r['p90']:>9.2f}{r['p99']:>9.2f}"
-                    f"{r['max']:>9.2f}  {r['events']:>5}/{r['expected']:<5}  "
-                    f"{'yes' if ok else 'NO ' + str(r['errors'][:2])}")
-                if not ok or r["events"] != r["expected"]:
-                    self.findings.append(f"{name}, {n} streams: incomplete or out of order: "
-                                         f"{r}")
+            for k in range(rounds):
+                for name, port in targets[k % len(targets):] + targets[:k % len(targets)]:
+                    r = self.stream_point(k, n, name, port)
+                    p50s.setdefault((n, name), []).append(r["p50"])
+        say("medians of the rounds' p50: " + "; ".join(
+            f"{n} stream(s) {name} {statistics.median(v):.2f} ms" for (n, name), v in p50s.items()))
+        for name, _ in targets:
+            self.figures.get(name, self.direct)["sse"] = statistics.median(p50s[(1, name)])
         self.snapshot("after streaming")
+
+    def stream_point(self, k: int, n: int, name: str, port: int) -> dict[str, Any]:
+        """One streaming measurement: print its row, note what is wrong."""
+        assert self.measure is not None
+        args, events = self.args, self.settings.events
+        r = self.measure.streams(port, n, events, args.delay_ms)
+        ok = r["complete"] == r["streams"] and r["in_order"] and not r["errors"]
+        say(f"{k + 1:>5} {n:>7}  {name:<11}{r['p50']:>9.2f}{r['p90']:>9.2f}{r['p99']:>9.2f}"
+            f"{r['max']:>9.2f}  {r['events']:>5}/{r['expected']:<5}  "
+            f"{'yes' if ok else 'NO ' + str(r['errors'][:2])}")
+        if not ok or r["events"] != r["expected"]:
+            self.findings.append(f"{name}, {n} streams: incomplete or out of order: {r}")
+        return r
 
     # -- 4. Large streamed answer to a slow reader ----------------------------------------
 
@@ -267,8 +279,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="short run (about 70 s) instead of about 5 minutes")
     parser.add_argument("--rounds", type=int, default=0,
-                        help="rounds of the throughput phase, each loading every proxy at "
-                             "every concurrency (default 2, quick 1)")
+                        help="rounds of the throughput and SSE delay phases, each measuring "
+                             "every proxy (default 2, quick 1); the summary takes medians")
     parser.add_argument("--duration", type=int, default=0,
                         help="seconds measured per load point (default 10, quick 2)")
     parser.add_argument("--warmup", type=int, default=None,
