@@ -172,7 +172,7 @@ async def make_streams(args: argparse.Namespace, ports: dict[str, int], token: s
 def summary(nanoseconds: list[int]) -> dict[str, float]:
     """How many, and p50/p90/p99/max in milliseconds."""
     values = sorted(x / 1e6 for x in nanoseconds)
-    found: dict[str, float] = {"events": len(values)}
+    found: dict[str, float] = {"count": len(values)}
     for name, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100)):
         found[f"{name}_ms"] = round(percentile(values, p), 2)
     return found
@@ -181,23 +181,37 @@ def summary(nanoseconds: list[int]) -> dict[str, float]:
 def delays(streams: list[SSEStream], since_ns: int, until_ns: int) -> dict[str, Any]:
     """
     The stamped events' delays: the pings the upstream wrote while all streams were open
-    (between C{since_ns} and C{until_ns}), and the first event of each release.
+    (between C{since_ns} and C{until_ns}; C{late}: how many of them arrived after it),
+    and the first event of each release.
     """
     held: list[int] = []
     released: list[int] = []
+    late = 0
     for stream in streams:
         for seq, sent, received in stream.events.stamps:
             if seq == 0:
                 released.append(received - sent)
             elif since_ns <= sent < until_ns:
                 held.append(received - sent)
-    return {"held": summary(held), "release": summary(released)}
+                late += received >= until_ns
+    return {"held": {**summary(held), "late": late}, "release": summary(released)}
 
 
 def cpu(pids: dict[str, int]) -> dict[str, float]:
     """CPU seconds so far of the router, the upstream and this process (the clients)."""
     return {"router": cpu_seconds(pids["router"]), "upstream": cpu_seconds(pids["upstream"]),
             "clients": time.process_time()}
+
+
+async def loop_lag(seconds: float, every: float = 0.01) -> list[int]:
+    """How late (ns) this process's event loop wakes from C{every}-second sleeps."""
+    late: list[int] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        due = time.monotonic_ns() + int(every * 1e9)
+        await asyncio.sleep(every)
+        late.append(time.monotonic_ns() - due)
+    return late
 
 
 async def run_streams(args: argparse.Namespace, pids: dict[str, int], ports: dict[str, int],
@@ -216,7 +230,7 @@ async def run_streams(args: argparse.Namespace, pids: dict[str, int], ports: dic
               f"{proc(router_pid)['rss_kb'] / 1024:.0f} MiB", flush=True)
     ramp = time.monotonic() - started
     all_open_ns, before = time.monotonic_ns(), cpu(pids)
-    await asyncio.sleep(args.hold)
+    lag = await loop_lag(args.hold)
     held, after = proc(router_pid), cpu(pids)
     busy = {k: round(100 * (after[k] - before[k]) / args.hold) for k in before}
     still = sum(s.streaming for s in streams)
@@ -231,7 +245,7 @@ async def run_streams(args: argparse.Namespace, pids: dict[str, int], ports: dic
     return {"streams": args.streams, "h2_connections": args.h2, "established": opened,
             "held_after_hold": still, "completed": sum(done), "ramp_s": round(ramp, 1),
             "idle": idle, "connected": connected, "held": held, "errors": dict(errors),
-            "hold_cpu_percent": busy,
+            "hold_cpu_percent": busy, "clients_loop_lag": summary(lag),
             "delay": delays(streams, all_open_ns, release_ns)}
 
 
@@ -283,12 +297,14 @@ def report(result: dict[str, Any]) -> None:
           f"{growth / max(1, result['established']):.1f} KiB per stream); "
           f"{held['fds']} descriptors; {result['held_after_hold']} still open after the "
           f"hold; {result['completed']} completed; errors: {result['errors'] or 'none'}")
-    busy = result["hold_cpu_percent"]
-    print(f"CPU during the hold, % of one core: router {busy['router']}, upstream "
-          f"{busy['upstream']}, clients {busy['clients']}")
+    busy, lag = result["hold_cpu_percent"], result["clients_loop_lag"]
+    print(f"during the hold: CPU (% of one core) router {busy['router']}, upstream "
+          f"{busy['upstream']}, clients {busy['clients']}; the clients' event loop woke "
+          f"p50 {lag['p50_ms']} ms, p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms late")
     for name, what in (("held", "pings while all were open"), ("release", "releases")):
         d = result["delay"][name]
-        print(f"event delay, {what}: {d['events']} events, p50 {d['p50_ms']} ms, "
+        late = f" ({d['late']} arrived after the release began)" if d.get("late") else ""
+        print(f"event delay, {what}: {d['count']} events{late}, p50 {d['p50_ms']} ms, "
               f"p90 {d['p90_ms']} ms, p99 {d['p99_ms']} ms, max {d['max_ms']} ms")
 
 

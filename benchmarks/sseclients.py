@@ -120,9 +120,10 @@ class H1Stream(SSEStream):
         self.reader_task: asyncio.Task[None] | None = None
 
     async def send(self, timeout: float) -> None:
-        reader, self.writer = await asyncio.wait_for(
+        reader, writer = await asyncio.wait_for(
             asyncio.open_connection(LOOPBACK, self.port), timeout)
-        self.writer.write(
+        self.writer = writer
+        writer.write(
             f"POST {PATH} HTTP/1.1\r\nhost: router\r\ncontent-type: application/json\r\n"
             f"x-api-key: {self.token}\r\ncontent-length: {len(REQUEST)}\r\n\r\n".encode()
             + REQUEST)
@@ -221,7 +222,8 @@ class H2Link(asyncio.Protocol):
             if not self.ready.done():
                 self.ready.set_result(None)
         elif isinstance(event, h2.events.ResponseReceived):
-            status = dict(event.headers).get(":status")
+            headers: dict[Any, Any] = dict(event.headers)  # str: header_encoding is set
+            status = headers.get(":status")
             if status != "200" and event.stream_id in self.streams:
                 self.streams[event.stream_id].end(f"status {status}")
         elif isinstance(event, h2.events.DataReceived):
