@@ -19,6 +19,7 @@ once: the request, and the tokens its events reported so far.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import treq
@@ -36,11 +37,15 @@ from linkrouter.metering import UsageMeter
 from linkrouter.metrics import Metrics
 from linkrouter.tokens import TokenClaims
 from linkrouter.tokenusage import Usage
+from linkrouter.writethrough import sender
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 #: The Prometheus bytes counter is told of an answer's bytes in steps of this many (and at
 #: its end), so that it follows a long stream without a lock taken per chunk.
 COUNT_BYTES_EVERY = 64 * 1024
+#: An SSE chunk up to this size is sent as it is written (L{linkrouter.writethrough}); a
+#: larger one is bulk, left for the reactor to send with whatever follows it.
+SEND_AT_ONCE = 16 * 1024
 
 _log = Logger(namespace="linkrouter.relay")
 
@@ -164,6 +169,8 @@ class Relay:
     _timer: IDelayedCall | None = None
     _finished: bool = False
     _settled: bool = False
+    #: Sends what is queued on the client's connection now (an SSE answer over plain TCP).
+    _send_now: Callable[[], None] | None = None
     #: How much of note.sent_bytes the bytes counter has been told.
     _bytes_counted: int = 0
 
@@ -175,6 +182,8 @@ class Relay:
         self.shaper.start(response.code, response.headers, request.responseHeaders)
         content_type = (response.headers.getRawHeaders(b"content-type") or [None])[0]
         self._meter = UsageMeter.for_content_type(content_type)
+        if self._meter.streaming:
+            self._send_now = sender(request)
         self._counted_tokens = 200 <= response.code < 300
         self.streams.add(self)
         self.heard()
@@ -255,6 +264,8 @@ class Relay:
 
     def _send(self, data: bytes) -> None:
         self.request.write(data)
+        if self._send_now is not None and len(data) <= SEND_AT_ONCE and not self.paused:
+            self._send_now()
         access = self.note
         access.sent_bytes += len(data)
         if access.first_byte is None:
