@@ -22,9 +22,15 @@ from typing import Any
 from attrs import frozen
 from twisted.web.iweb import IRequest
 
-from linkrouter.admin import _AdminResource, _bad, _not_allowed
+from linkrouter.admin import _AdminResource
 from linkrouter.adminguard import AdminGuard
-from linkrouter.adminusage import UsageQueryError, check_range, parse_moment, query_args
+from linkrouter.adminusage import (
+    UsageQueryError,
+    check_range,
+    parse_moment,
+    query_args,
+    read_query,
+)
 from linkrouter.audit import AuditFilter, AuditTrail
 from linkrouter.auditrows import ACTIONS, DEFAULT_LIMIT, FAMILIES, MAX_LIMIT
 
@@ -97,11 +103,6 @@ class AuditResource(_AdminResource):
     async def _dispatch(self, request: IRequest, segments: list[bytes]) -> dict[str, Any]:
         if segments:
             return await super()._dispatch(request, segments)
-        if request.method != b"GET":
-            raise _not_allowed(request, b"GET")
-        try:
-            query = AuditQuery.from_args(request.args or {}, int(self._trail.clock.seconds()))
-        except UsageQueryError as e:
-            raise _bad(str(e)) from None
+        query = read_query(request, AuditQuery.from_args, self._trail.clock)
         rows = await self._trail.rows(query.wanted)
         return {"rows": [row.to_json() for row in rows]}

@@ -16,11 +16,12 @@ naming it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from attrs import frozen
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from linkrouter.admin import TokenAdmin, _AdminResource, _bad, _not_allowed
@@ -33,6 +34,9 @@ DEFAULT_SINCE = "7d"
 _UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"([0-9]{1,7})([hdw])")
 _PARAMETERS = ("since", "until", "group_by")
+
+
+Q = TypeVar("Q")
 
 
 class UsageQueryError(ValueError):
@@ -101,6 +105,21 @@ def query_args(args: Mapping[bytes, Sequence[bytes]],
     return given
 
 
+def read_query(request: IRequest, parse: Callable[[Mapping[bytes, Sequence[bytes]], int], Q],
+               clock: IReactorTime) -> Q:
+    """
+    The query of a C{GET} to an admin report (C{/api/usage}, C{/api/audit}): C{parse} reads
+    the query string at the clock's now; 405 for another method, 400 naming the parameter
+    at fault.
+    """
+    if request.method != b"GET":
+        raise _not_allowed(request, b"GET")
+    try:
+        return parse(request.args or {}, int(clock.seconds()))
+    except UsageQueryError as e:
+        raise _bad(str(e)) from None
+
+
 @frozen
 class UsageQuery:
     """A validated usage query."""
@@ -133,11 +152,5 @@ class UsageResource(_AdminResource):
     async def _dispatch(self, request: IRequest, segments: list[bytes]) -> dict[str, Any]:
         if segments:
             return await super()._dispatch(request, segments)
-        if request.method != b"GET":
-            raise _not_allowed(request, b"GET")
-        try:
-            query = UsageQuery.from_args(request.args or {},
-                                         int(self._admin.clock.seconds()))
-        except UsageQueryError as e:
-            raise _bad(str(e)) from None
+        query = read_query(request, UsageQuery.from_args, self._admin.clock)
         return await self._admin.usage(query.since, query.until, query.group_by)

@@ -252,11 +252,7 @@ class Relay:
     def _write(self, data: bytes) -> None:
         if self.gone or self._finished:
             raise ConnectionError("the answer is over")
-        timer = self._timer  # heard(), inlined: this runs for every chunk of every answer
-        if timer is not None and timer.active():
-            timer.reset(self.idle_timeout)
-        else:
-            self.heard()
+        self.heard()
         shaped = self.shaper.feed(data)
         if shaped:
             self._send(shaped)

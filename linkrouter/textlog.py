@@ -54,20 +54,22 @@ def text_line(event: dict[str, Any], system_suffix: str = "") -> str | None:
     if (event.get("log_format") != "{line}" or type(line) is not str or "\n" in line
             or "log_failure" in event or type(when) is not float):
         return _slow(event, system_suffix)
+    return f"{_clock.stamp(when)} [{_system(event)}{system_suffix}] {line}\n"
+
+
+def _system(event: dict[str, Any]) -> str:
+    """The event's system, as twistd names it: C{log_system}, else namespace#level."""
     system = event.get("log_system")
     if system is None:
         level = event.get("log_level")
         system = f"{event.get('log_namespace', '-')}#{level.name if level else '-'}"
-    return f"{_clock.stamp(when)} [{system}{system_suffix}] {line}\n"
+    return str(system)
 
 
 def _slow(event: dict[str, Any], system_suffix: str) -> str | None:
     """Any other event, through twistd's own formatting."""
     if system_suffix:
-        level = event.get("log_level")
-        system = event.get("log_system") or (
-            f"{event.get('log_namespace', '-')}#{level.name if level else '-'}")
-        event = {**event, "log_system": f"{system}{system_suffix}"}
+        event = {**event, "log_system": _system(event) + system_suffix}
     return formatEventAsClassicLogText(event)
 
 

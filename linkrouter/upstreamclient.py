@@ -35,11 +35,13 @@ from twisted.web.iweb import IAgent, IBodyProducer
 _DIRECT = frozenset({"headers", "data", "unbuffered", "allow_redirects"})
 
 
+#: More distinct URLs than this and the remembered forms of each are forgotten.
+MAX_URLS = 256
+
+
 class UpstreamClient(HTTPClient):
     """A treq client whose proxied requests skip URL parsing (see the module docstring)."""
 
-    #: More distinct URLs than this and the remembered wire forms are forgotten.
-    MAX_URLS = 256
 
     def __init__(self, agent: IAgent, cookiejar: IndexableCookieJar,
                  plain: IAgent | None = None, keeps_cookies: bool = True) -> None:
@@ -70,7 +72,7 @@ class UpstreamClient(HTTPClient):
         uri = self._uris.get(url)
         if uri is None:
             uri = EncodedURL.from_text(url).to_uri().to_text().encode("ascii")
-            if len(self._uris) >= self.MAX_URLS:
+            if len(self._uris) >= MAX_URLS:
                 self._uris.clear()
             self._uris[url] = uri
         d: Deferred[Any] = self._direct.request(
@@ -102,8 +104,6 @@ class KnownURIAgent(Agent):
     parses to and adds C{Host} to those headers themselves.
     """
 
-    #: More distinct URLs than this and the remembered ones are forgotten.
-    MAX_URLS = 256
     _known: dict[bytes, tuple[URI, tuple[bytes, bytes, int], bytes, bytes]]
 
     @classmethod
@@ -122,7 +122,7 @@ class KnownURIAgent(Agent):
             key = (parsed.scheme, parsed.host, parsed.port)
             host = self._computeHostValue(*key)
             known = (parsed, key, parsed.originForm, host)
-            if len(self._known) >= self.MAX_URLS:
+            if len(self._known) >= MAX_URLS:
                 self._known.clear()
             self._known[uri] = known
         parsed, key, path, host = known
